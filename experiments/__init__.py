@@ -1,0 +1,26 @@
+"""How runs are executed and recorded: LMs, datasets, compile/evaluate, MLflow tracking, the CLI."""
+
+from experiments.compile import CompileOptions, compile_pipeline, render_prompts
+from experiments.datasets import Dataset, load_dataset, split_dataset
+from experiments.evaluate import EvalReport, ExampleResult, LMUsage, evaluate_program, lm_usage
+from experiments.lm import LMConfig, make_lm
+from experiments.runs import list_runs
+from experiments.tracking import RunTracker
+
+__all__ = [
+    "CompileOptions",
+    "Dataset",
+    "EvalReport",
+    "ExampleResult",
+    "LMConfig",
+    "LMUsage",
+    "RunTracker",
+    "compile_pipeline",
+    "evaluate_program",
+    "list_runs",
+    "lm_usage",
+    "load_dataset",
+    "make_lm",
+    "render_prompts",
+    "split_dataset",
+]

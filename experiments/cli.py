@@ -1,0 +1,227 @@
+"""The ``pipec`` command line: compile pipelines, list tracked runs, open the MLflow UI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from programs.errors import PipecError, UserError
+
+__all__ = ["cli", "main"]
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _say(message: str) -> None:
+    _console(stderr=True).print(f"[dim]pipec:[/dim] {message}")
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party chatter out of the user's terminal; warnings still show."""
+    for name in ("LiteLLM", "litellm", "httpx", "mlflow", "dspy", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Truncation is reported per call; the validators already report over-long output per node.
+    logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when it is imported
+
+
+def _score_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{result['pipeline']} · {result['optimizer']} · {result['lm']}")
+    table.add_column("")
+    table.add_column("baseline", justify="right")
+    table.add_column("compiled", justify="right")
+    table.add_column("Δ", justify="right")
+
+    def row(label: str, before: float, after: float) -> None:
+        delta = after - before
+        style = "green" if delta > 0 else "red" if delta < 0 else ""
+        table.add_row(label, f"{before:.3f}", f"{after:.3f}", f"[{style}]{delta:+.3f}[/]" if style else f"{delta:+.3f}")
+
+    row("pipeline score", result["baseline"]["score"], result["compiled"]["score"])
+    for node, before in result["baseline"]["nodes"].items():
+        row(f"  node {node}", before, result["compiled"]["nodes"][node])
+    return table
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    console = _console()
+    console.print(_score_table(result))
+    calls = (f"LM calls: {result['baseline']['lm_calls']} baseline, {result['compile']['lm_calls']} compiling, "
+             f"{result['compiled']['lm_calls']} compiled ({result['seconds']:.0f} s)")
+    console.print(calls)
+    console.print(f"Program: {result['program_path']}")
+    if result["run_id"]:
+        console.print(f"MLflow run: {result['run_id']} in {result['tracking_uri']}")
+        console.print("Compare runs: [bold]pipec ui[/bold] (or: mlflow ui --backend-store-uri "
+                      f"{result['tracking_uri']})")
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except UserError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except PipecError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="pipec")
+def cli() -> None:
+    """pipec: compile multi-step LLM pipelines (DSPy) and track every compile in MLflow.
+
+    \b
+    Quick tour:
+      pipec demo                                  compile the built-in triage pipeline locally
+      pipec compile triage --optimizer bootstrap  the same, step by step
+      pipec runs list                             the tracked compile runs
+      pipec ui                                    compare them in the MLflow UI
+
+    Runs go to $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.
+    """
+    _quiet_libraries()
+
+
+def _optimizer_help() -> str:
+    from optimizers.registry import OPTIMIZERS
+
+    return "; ".join(f"{name}: {spec.summary}" for name, spec in OPTIMIZERS.items())
+
+
+_LM_HELP = ("'local' (the embedded SmolLM2-135M, no key needed) or a LiteLLM model string such as "
+            "openai/gpt-4o-mini (key from the environment, e.g. OPENAI_API_KEY). Default: $PIPEC_LM, else local.")
+
+
+@cli.command("compile")
+@click.argument("pipeline")
+@click.option("--trainset", type=click.Path(dir_okay=False), help="JSONL or CSV trainset. Optional for a "
+              "built-in pipeline (its bundled dataset is used).")
+@click.option("--valset", type=click.Path(dir_okay=False), help="JSONL or CSV valset. Default: a seeded split "
+              "of the trainset (60/40).")
+@click.option("--optimizer", "-o", required=True, help="Optimizer name. " + "See `pipec optimizers`.")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
+              help="An optimizer setting (constructor or compile argument); repeatable.")
+@click.option("--lm", envvar="PIPEC_LM", default=None, help=_LM_HELP)
+@click.option("--api-base", envvar="PIPEC_API_BASE", help="Base URL of an OpenAI-compatible server "
+              "(vLLM, Ollama, llama.cpp server), e.g. http://localhost:8000/v1.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits and optimizers.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to save the compiled program (DSPy JSON). "
+              "Default: compiled/<pipeline>-<optimizer>-<time>.json")
+@click.option("--threads", type=click.IntRange(1, 256), help="Evaluation threads. Default: 1 for the local "
+              "LM (one model, one lock), 8 otherwise.")
+@click.option("--experiment", envvar="PIPEC_EXPERIMENT", default="pipec", show_default=True,
+              help="MLflow experiment name.")
+@click.option("--no-cache", is_flag=True, help="Bypass DSPy's LM response cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimizer: str, params: tuple[str, ...],
+                lm: str | None, api_base: str | None, seed: int, out: str | None, threads: int | None,
+                experiment: str, no_cache: bool, as_json: bool) -> None:
+    """Compile PIPELINE (a built-in name such as triage or sql, or path/to/file.py:ClassName).
+
+    Evaluates the pipeline on the valset, compiles it with the optimizer on the trainset,
+    evaluates the compiled program, saves it, and records everything as one MLflow run.
+    """
+    from experiments.compile import CompileOptions, compile_pipeline
+
+    opts = CompileOptions(pipeline=pipeline, optimizer=optimizer, trainset=trainset, valset=valset,
+                          params=params, lm=lm, api_base=api_base, seed=seed, out=out, threads=threads,
+                          experiment=experiment, progress=True, cache=not no_cache)
+    result = _run(lambda: compile_pipeline(opts, say=_say))
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        _print_result(result)
+
+
+@cli.command()
+@click.option("--optimizer", "-o", default="bootstrap", show_default=True, help="Optimizer to demonstrate.")
+@click.option("--lm", envvar="PIPEC_LM", default="local", show_default=True, help=_LM_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def demo(optimizer: str, lm: str, as_json: bool) -> None:
+    """Compile the built-in triage pipeline on its bundled dataset, tracked in MLflow.
+
+    Runs on the embedded LM by default: no key, no server, a few minutes on two cores.
+    """
+    from experiments.compile import CompileOptions, compile_pipeline
+
+    _say("demo: compiling the built-in 'triage' pipeline (classifier -> writer).")
+    opts = CompileOptions(pipeline="triage", optimizer=optimizer, lm=lm, extra_tags={"pipec.demo": "true"})
+    result = _run(lambda: compile_pipeline(opts, say=_say))
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        _print_result(result)
+
+
+@cli.command("optimizers")
+def optimizers_cmd() -> None:
+    """List the optimizers and pipec's default settings for each."""
+    from optimizers.registry import OPTIMIZERS
+
+    for name, spec in OPTIMIZERS.items():
+        defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "none"
+        click.echo(f"{name:14} {spec.summary}\n{'':14} defaults: {defaults}")
+
+
+@cli.group()
+def runs() -> None:
+    """Tracked compile runs."""
+
+
+@runs.command("list")
+@click.option("--experiment", envvar="PIPEC_EXPERIMENT", default="pipec", show_default=True,
+              help="MLflow experiment name.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def runs_list(experiment: str, limit: int, as_json: bool) -> None:
+    """List compile runs, newest first, with their baseline and compiled scores."""
+    from experiments.runs import list_runs
+
+    rows = _run(lambda: list_runs(experiment, limit))
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"experiment {experiment}")
+    for column in ("run_id", "start", "status", "pipeline", "optimizer", "lm", "baseline", "compiled"):
+        table.add_column(column, justify="right" if column in ("baseline", "compiled") else "left")
+    for r in rows:
+        fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(r["run_id"], r["start_time"], r["status"], r["pipeline"] or "", r["optimizer"] or "",
+                      r["lm"] or "", fmt(r["baseline_score"]), fmt(r["compiled_score"]))
+    _console().print(table)
+    if not rows:
+        click.echo("No compile runs yet: try `pipec demo`.")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(host: str, port: int) -> None:
+    """Start the MLflow UI on the same tracking store pipec writes to."""
+    from experiments.tracking import tracking_uri
+
+    uri = tracking_uri()
+    mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    _say(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
+    os.execv(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
+
+
+def main() -> None:
+    """Console-script entry point; user errors exit with status 2."""
+    cli(prog_name="pipec")

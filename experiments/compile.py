@@ -1,0 +1,250 @@
+"""The compile run: load, baseline, optimize, evaluate, save, and record it all in MLflow.
+
+Everything the user can get wrong (pipeline, datasets, optimizer, settings, LM spec) is checked
+before an MLflow run exists, so bad input never leaves a run behind; once a run is started it
+ends FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from experiments.datasets import Dataset, load_dataset, split_dataset
+from experiments.evaluate import EvalReport, evaluate_program, lm_usage
+from experiments.lm import LMConfig, make_lm
+from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, code_version, tracking_uri
+from metrics.pipeline_metric import PipelineMetric
+from optimizers.params import parse_params
+from optimizers.registry import prepare_optimizer, spec_for
+from programs.builtin import BUILTINS, builtin_dataset
+from programs.errors import DatasetError
+from programs.loader import make_pipeline
+from programs.pipeline import Pipeline
+
+__all__ = ["CompileOptions", "compile_pipeline", "render_prompts", "versions"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CompileOptions:
+    """What ``pipec compile`` was asked to do."""
+
+    pipeline: str
+    optimizer: str
+    trainset: str | None = None
+    valset: str | None = None
+    params: Sequence[str] = ()
+    lm: str | LMConfig | None = None
+    api_base: str | None = None
+    seed: int = 0
+    out: str | None = None
+    threads: int | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    progress: bool = True
+    cache: bool = True
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def versions() -> dict[str, str]:
+    """Versions of pipec and what it runs on."""
+    found = {"python": platform.python_version()}
+    for dist in ("pipec", "dspy", "mlflow", "duckdb", "llama-cpp-python", "litellm"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def render_prompts(program: Pipeline, adapter: Any) -> dict[str, str]:
+    """Each node's prompt as the LM sees it: instructions, demos, and ``{field}`` placeholders."""
+    prompts = {}
+    for name, node in program.nodes().items():
+        inputs = {f: f"{{{f}}}" for f in node.input_fields}
+        try:
+            messages = adapter.format(node.signature, node.demos, inputs)
+        except Exception as exc:  # rendering is telemetry; never fail the compile for it
+            prompts[name] = f"(could not render: {type(exc).__name__}: {exc})"
+            continue
+        prompts[name] = "\n\n".join(f"=== {m['role']} ===\n{m['content']}" for m in messages)
+    return prompts
+
+
+def _results_jsonl(report: EvalReport, examples: Sequence[dspy.Example]) -> str:
+    lines = []
+    for r in report.results:
+        example = examples[r.index]
+        outputs = dict(r.prediction.items()) if r.prediction is not None else None
+        lines.append(json.dumps({
+            "example": r.index, "inputs": dict(example.inputs().items()), "outputs": outputs,
+            "score": r.score, "error": r.error,
+            "nodes": {n: {"score": v.score, "passed": v.passed, "feedback": v.feedback}
+                      for n, v in r.verdicts.items()},
+        }, ensure_ascii=False, default=str))
+    return "\n".join(lines) + "\n"
+
+
+def _save_program(program: dspy.Module, out: Path) -> Path:
+    """Saves atomically: a crash never leaves a half-written program file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".json", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    try:
+        program.save(str(tmp_path))
+        os.replace(tmp_path, out)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return out
+
+
+@dataclass
+class _Plan:
+    """A compile whose inputs have all been checked."""
+
+    pipeline: Pipeline
+    trainset: Dataset
+    train: list[dspy.Example]
+    val: list[dspy.Example]
+    val_source: str
+    valset: Dataset | None
+    lm: LMConfig
+    metric: PipelineMetric
+    prepared: Any
+    threads: int
+    out: Path
+
+
+def _plan(opts: CompileOptions) -> _Plan:
+    pipeline = make_pipeline(opts.pipeline)
+    train_path = opts.trainset
+    if train_path is None:
+        if opts.pipeline not in BUILTINS:
+            raise DatasetError("--trainset is required for a pipeline that is not built in")
+        train_path = str(builtin_dataset(opts.pipeline))
+    trainset = load_dataset(train_path, pipeline)
+    valset = load_dataset(opts.valset, pipeline) if opts.valset else None
+    if valset is None:
+        train, val = split_dataset(trainset.examples, seed=opts.seed)
+        val_source = f"split of the trainset (seed {opts.seed}): {len(train)} train / {len(val)} val"
+    else:
+        train, val, val_source = list(trainset.examples), list(valset.examples), f"file {valset.path}"
+    lm = opts.lm if isinstance(opts.lm, LMConfig) else make_lm(opts.lm, api_base=opts.api_base, cache=opts.cache)
+    threads = opts.threads or (1 if lm.engine is not None else 8)
+    params = parse_params(opts.params)
+    metric = PipelineMetric(pipeline, feedback=spec_for(opts.optimizer).feedback)
+    prepared = prepare_optimizer(opts.optimizer, metric, params, seed=opts.seed, lm=lm.lm, threads=threads)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    name = Path(opts.pipeline.split(":")[-1]).stem.lower()
+    out = Path(opts.out) if opts.out else Path("compiled") / f"{name}-{opts.optimizer}-{stamp}.json"
+    return _Plan(pipeline, trainset, train, val, val_source, valset, lm, metric, prepared, threads, out)
+
+
+def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "pipeline": opts.pipeline,
+        "pipeline.class": f"{type(plan.pipeline).__module__}.{type(plan.pipeline).__qualname__}",
+        "pipeline.nodes": {n: node.kind for n, node in plan.pipeline.nodes().items()},
+        "optimizer": opts.optimizer,
+        "optimizer.settings": plan.prepared.settings,
+        "lm": plan.lm.settings,
+        "seed": opts.seed,
+        "threads": plan.threads,
+        "trainset": {"path": plan.trainset.path, "size": len(plan.train), "file_size": len(plan.trainset),
+                     "sha256": plan.trainset.digest},
+        "valset": {"source": plan.val_source, "size": len(plan.val)},
+        "version": versions(),
+    }
+    if plan.valset is not None:
+        params["valset"].update({"path": plan.valset.path, "sha256": plan.valset.digest})
+    params.update(code_version())
+    if ":" in opts.pipeline:
+        params.update({f"pipeline_file.{k}": v for k, v in code_version(opts.pipeline.rsplit(":", 1)[0]).items()})
+    return params
+
+
+def _evaluate(tracker: RunTracker, stage: str, program: Pipeline, plan: _Plan, opts: CompileOptions) -> EvalReport:
+    report = evaluate_program(program, plan.val, plan.metric, threads=plan.threads, progress=opts.progress)
+    summary = report.summary()
+    tracker.metrics({f"{stage}.score": summary["score"], f"{stage}.lm_calls": summary["lm_calls"],
+                     f"{stage}.tokens": summary["tokens"], f"{stage}.errors": summary["errors"],
+                     f"{stage}.seconds": summary["seconds"],
+                     **{f"{stage}.node.{n}.score": s for n, s in summary["nodes"].items()}})
+    tracker.text(_results_jsonl(report, plan.val), f"evaluation/{stage}.jsonl")
+    return report
+
+
+def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.info) -> dict[str, Any]:
+    """Compiles ``opts.pipeline`` with ``opts.optimizer`` and tracks the run.
+
+    Args:
+        opts: The compile request.
+        say: Where progress lines go (the CLI prints them on stderr).
+
+    Returns:
+        The result: run id, baseline and compiled scores overall and per node, LM usage,
+        the saved program's path.
+
+    Raises:
+        UserError: Bad pipeline, dataset, optimizer or setting, before any run is started.
+    """
+    plan = _plan(opts)
+    say(f"Valset: {plan.val_source}.")
+    import mlflow
+
+    mlflow.dspy.autolog(log_compiles=True, log_evals=True, log_traces=False, silent=True)
+    tracker = RunTracker(opts.experiment, run_name=f"{opts.pipeline.split(':')[-1]}-{opts.optimizer}",
+                         tags={"pipec.kind": "compile", **opts.extra_tags})
+    started = time.perf_counter()
+    with tracker.start(), dspy.context(lm=plan.lm.lm, adapter=plan.lm.adapter):
+        tracker.params(_params(opts, plan))
+        say(f"Baseline: evaluating {len(plan.val)} examples on {plan.lm.settings['model']}.")
+        baseline = _evaluate(tracker, "baseline", plan.pipeline, plan, opts)
+        say(f"Compiling with {opts.optimizer} on {len(plan.train)} examples.")
+        compile_kwargs = dict(plan.prepared.compile_kwargs)
+        if plan.prepared.uses_valset:
+            compile_kwargs["valset"] = plan.val
+        compile_start = time.perf_counter()
+        with lm_usage() as usage:
+            compiled = plan.prepared.teleprompter.compile(plan.pipeline.deepcopy(), trainset=plan.train,
+                                                          **compile_kwargs)
+        tracker.metrics({"compile.lm_calls": usage.calls, "compile.tokens": usage.tokens,
+                         "compile.seconds": time.perf_counter() - compile_start})
+        say(f"Compiled: evaluating {len(plan.val)} examples.")
+        result = _evaluate(tracker, "compiled", compiled, plan, opts)
+        program_path = _save_program(compiled, plan.out)
+        tracker.file(program_path, "program")
+        for node, text in render_prompts(compiled, plan.lm.adapter).items():
+            tracker.text(text, f"prompts/{node}.txt")
+        total = baseline.usage.calls + usage.calls + result.usage.calls
+        tracker.metrics({"lm_calls": total, "tokens": baseline.usage.tokens + usage.tokens + result.usage.tokens,
+                         "seconds": time.perf_counter() - started})
+    return {
+        "run_id": tracker.run_id,
+        "experiment_id": tracker.experiment_id,
+        "tracking_uri": tracking_uri(),
+        "pipeline": opts.pipeline,
+        "optimizer": opts.optimizer,
+        "lm": plan.lm.settings["model"],
+        "seed": opts.seed,
+        "trainset": {"path": plan.trainset.path, "size": len(plan.train)},
+        "valset": {"source": plan.val_source, "size": len(plan.val)},
+        "baseline": baseline.summary(),
+        "compiled": result.summary(),
+        "compile": {"lm_calls": usage.calls, "tokens": usage.tokens},
+        "program_path": str(program_path),
+        "seconds": time.perf_counter() - started,
+    }

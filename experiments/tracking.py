@@ -1,0 +1,162 @@
+"""MLflow tracking of compile and evaluate runs.
+
+The store is ``$MLFLOW_TRACKING_URI`` when set, else MLflow's own default (``sqlite:///mlflow.db``
+in the working directory), the same store ``mlflow ui`` and ``pipec ui`` read. Telemetry never
+breaks the user's job: a failure to log is a warning. A run always ends: FINISHED on success,
+FAILED on error, KILLED on interrupt, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_EXPERIMENT", "RunTracker", "code_version", "flatten", "tracking_uri"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "pipec"
+_MAX_PARAM = 6000  # MLflow's limit on a param value's length
+
+
+def tracking_uri() -> str:
+    """The tracking URI in force (MLflow resolves the environment and its default)."""
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_value(value: Any) -> str:
+    model = getattr(value, "model", None)
+    if model is not None and hasattr(value, "kwargs"):  # an LM object: record which model
+        value = model
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= _MAX_PARAM else text[: _MAX_PARAM - 15] + "...[truncated]"
+
+
+def code_version(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """Git commit and dirty state of the repository holding ``path`` (cwd by default), if any."""
+    cwd = str(Path(path).parent if path and Path(path).is_file() else (path or os.getcwd()))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()} if commit else {}
+
+
+class RunTracker:
+    """One MLflow run; every logging call is best-effort.
+
+    Use :meth:`start` as a context manager; inside it, ``run_id`` is set when tracking works.
+    """
+
+    def __init__(self, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+                 tags: Mapping[str, str] | None = None) -> None:
+        self.experiment = experiment
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        warnings.warn(f"MLflow tracking: {what} failed ({type(exc).__name__}: {exc}); the job continues",
+                      RuntimeWarning, stacklevel=3)
+
+    @contextmanager
+    def start(self) -> Iterator[RunTracker]:
+        import mlflow
+
+        try:
+            mlflow.set_experiment(self.experiment)
+            run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+            self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+        except Exception as exc:
+            self._warn("starting a run", exc)
+            yield self
+            return
+        status = "FAILED"
+        try:
+            yield self
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            try:
+                # End every run this thread opened on top of ours (autologging's), then ours.
+                while (active := mlflow.active_run()) is not None and active.info.run_id != self.run_id:
+                    mlflow.end_run(status=status)
+                mlflow.end_run(status=status)
+            except Exception as exc:
+                self._warn("ending the run", exc)
+
+    def params(self, params: Mapping[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        import mlflow
+
+        try:
+            mlflow.log_params({k: _param_value(v) for k, v in flatten(params).items()})
+        except Exception as exc:
+            self._warn("logging params", exc)
+
+    def metrics(self, metrics: Mapping[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        import mlflow
+
+        values = {k: float(v) for k, v in flatten(metrics).items()
+                  if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+        try:
+            mlflow.log_metrics(values)
+        except Exception as exc:
+            self._warn("logging metrics", exc)
+
+    def text(self, text: str, artifact_file: str) -> None:
+        """Logs ``text`` (UTF-8) as the artifact ``artifact_file``."""
+        if self.run_id is None:
+            return
+        import mlflow
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                target = Path(tmp) / Path(artifact_file).name
+                target.write_text(text, encoding="utf-8")
+                parent = str(Path(artifact_file).parent)
+                mlflow.log_artifact(str(target), artifact_path=None if parent == "." else parent)
+        except Exception as exc:
+            self._warn(f"logging artifact {artifact_file}", exc)
+
+    def file(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        import mlflow
+
+        try:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        except Exception as exc:
+            self._warn(f"logging artifact {path}", exc)

@@ -1,0 +1,75 @@
+"""The exceptions pipec raises, one tree by failure domain.
+
+    PipecError                    base: every error pipec raises on purpose
+    ├── UserError                 bad input from the user; the CLI exits with status 2
+    │   ├── DatasetError          a trainset/devset that is missing, malformed or lacks fields
+    │   ├── PipelineError         a pipeline that cannot be found or is declared wrongly
+    │   └── ConfigError           an unknown optimizer, --param, LM spec or setting
+    ├── LMError                   a language model failed to answer
+    ├── BudgetExhaustedError           an optimizer ran out of its LM-call budget
+    └── TrackingError             MLflow or the store failed (telemetry: warned, not raised to users)
+
+Foreign exceptions are translated at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExhaustedError",
+    "ConfigError",
+    "DatasetError",
+    "LMError",
+    "PipecError",
+    "PipelineError",
+    "TrackingError",
+    "UserError",
+]
+
+
+class PipecError(Exception):
+    """Base of every error pipec raises on purpose."""
+
+
+class UserError(PipecError):
+    """Bad input from the user: the message says what to fix."""
+
+
+class DatasetError(UserError):
+    """A dataset file that is missing, malformed or lacks a needed field.
+
+    Args:
+        message: What is wrong and what to do.
+        path: The file, when there is one.
+        line: The 1-based line number in the file, when the error is on one line.
+        field: The field concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.path, self.line, self.field = path, line, field
+        where = ""
+        if path is not None:
+            where = path if line is None else f"{path}:{line}"
+        if field is not None:
+            where = f"{where}: field '{field}'" if where else f"field '{field}'"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class PipelineError(UserError):
+    """A pipeline that cannot be found, imported or is declared wrongly."""
+
+
+class ConfigError(UserError):
+    """An unknown optimizer, parameter, LM spec or other setting."""
+
+
+class LMError(PipecError):
+    """A language model failed to answer (not found, not loadable, provider error)."""
+
+
+class BudgetExhaustedError(PipecError):
+    """An optimizer spent its budget of LM calls."""
+
+
+class TrackingError(PipecError):
+    """MLflow or the DuckDB store failed. Telemetry never breaks a job: callers warn."""

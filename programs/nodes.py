@@ -1,0 +1,160 @@
+"""Node kinds: the steps of a pipeline.
+
+A node is a ``dspy.Predict`` that also carries its kind, its rule settings and any extra
+validators. Being a predictor itself (not a module that wraps one), a node's name in a pipeline
+is exactly its attribute name, the same name ``named_predictors()`` reports, so demos and
+instructions that optimizers write land on the node a user declared.
+
+Example:
+    >>> classify = Classifier("message", output="category", labels=["billing", "refund"])
+    >>> classify.kind, classify.output_field, classify.labels
+    ('classifier', 'category', ('billing', 'refund'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import dspy
+
+from programs.errors import PipelineError
+
+__all__ = ["Classifier", "CodeGen", "Node", "Writer"]
+
+InputSpec = str | Sequence[str] | Mapping[str, str]
+
+
+def _input_fields(inputs: InputSpec) -> dict[str, str]:
+    """Normalises an input declaration to ``{name: description}``."""
+    if isinstance(inputs, str):
+        names = [part.strip() for part in inputs.split(",") if part.strip()]
+        return dict.fromkeys(names, "")
+    if isinstance(inputs, Mapping):
+        return {str(k): str(v) for k, v in inputs.items()}
+    return {str(name): "" for name in inputs}
+
+
+def _signature(inputs: InputSpec, output: str, annotation: Any, instructions: str,
+               output_desc: str) -> type[dspy.Signature]:
+    fields: dict[str, tuple[Any, Any]] = {}
+    for name in [*_input_fields(inputs), output]:
+        if hasattr(dspy.Signature, name):  # pydantic would warn, and the field would shadow a method
+            raise PipelineError(f"field name {name!r} clashes with an attribute of dspy.Signature; rename it "
+                                f"(for example {name}_text)")
+    for name, desc in _input_fields(inputs).items():
+        if not name.isidentifier():
+            raise PipelineError(f"input field name {name!r} is not a Python identifier")
+        fields[name] = (str, dspy.InputField(desc=desc) if desc else dspy.InputField())
+    if not fields:
+        raise PipelineError("a node needs at least one input field")
+    if not output.isidentifier() or output in fields:
+        raise PipelineError(f"output field name {output!r} must be an identifier distinct from the inputs")
+    fields[output] = (annotation, dspy.OutputField(desc=output_desc) if output_desc else dspy.OutputField())
+    return dspy.Signature(fields, instructions)
+
+
+class Node(dspy.Predict):
+    """A pipeline step: one predictor with one output field, a kind, and its checks.
+
+    Args:
+        signature: The DSPy signature of the step (exactly one output field).
+        rules: Settings of the kind's built-in validators (for example ``max_words``).
+        validators: Extra validators, each called as ``validator(output, gold=..., example=...,
+            prediction=..., node=...)`` and returning a ``metrics.Verdict``.
+    """
+
+    kind: ClassVar[str] = "node"
+
+    def __init__(self, signature: type[dspy.Signature], *, rules: Mapping[str, Any] | None = None,
+                 validators: Iterable[Callable[..., Any]] = (), **config: Any):
+        super().__init__(signature, **config)
+        if len(self.signature.output_fields) != 1:
+            raise PipelineError(f"a {self.kind} node has exactly one output field, "
+                                f"got {list(self.signature.output_fields)}")
+        self.rules = dict(rules or {})
+        self.validators = list(validators)
+
+    @property
+    def output_field(self) -> str:
+        """The name of the node's one output field."""
+        return next(iter(self.signature.output_fields))
+
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        """The names of the node's input fields, in order."""
+        return tuple(self.signature.input_fields)
+
+
+class Classifier(Node):
+    """Chooses one label from a closed set; the output type is the set itself.
+
+    The output field is typed ``Literal[labels]``, so JSON-schema constrained decoding can only
+    produce a valid label, and parsing rejects anything else.
+
+    Args:
+        inputs: Input field names (``"a, b"``, a list, or ``{name: description}``).
+        output: The output field name.
+        labels: The closed label set, in a stable order.
+        instructions: The task instruction optimizers start from.
+    """
+
+    kind: ClassVar[str] = "classifier"
+
+    def __init__(self, inputs: InputSpec, *, output: str = "label", labels: Sequence[str],
+                 instructions: str = "", **kwargs: Any):
+        labels = tuple(dict.fromkeys(str(label) for label in labels))
+        if len(labels) < 2:
+            raise PipelineError(f"a classifier needs at least two labels, got {list(labels)}")
+        instructions = instructions or f"Classify the input into exactly one of: {', '.join(labels)}."
+        signature = _signature(inputs, output, Literal[labels], instructions, "one of the labels")
+        super().__init__(signature, **kwargs)
+        self.labels = labels
+
+
+class Writer(Node):
+    """Writes free text.
+
+    Args:
+        inputs: Input field names.
+        output: The output field name.
+        instructions: The task instruction optimizers start from.
+        rules: Rule settings for the writer's validators, e.g. ``{"min_words": 3, "max_words": 60}``.
+    """
+
+    kind: ClassVar[str] = "writer"
+
+    def __init__(self, inputs: InputSpec, *, output: str = "text", instructions: str = "",
+                 output_desc: str = "", rules: Mapping[str, Any] | None = None, **config: Any):
+        instructions = instructions or "Write the requested text."
+        rules = dict(rules or {})
+        if "max_tokens" not in config and rules.get("max_words"):
+            # A word limit bounds generation too: a rambling small model otherwise runs to the LM's
+            # max_tokens on every call. Three tokens a word leaves room for non-English scripts.
+            config["max_tokens"] = 3 * int(rules["max_words"]) + 32
+        super().__init__(_signature(inputs, output, str, instructions, output_desc), rules=rules, **config)
+
+
+class CodeGen(Node):
+    """Writes code to be executed; SQL for DuckDB first.
+
+    Args:
+        inputs: Input field names (the question, usually a schema too).
+        output: The output field name.
+        dialect: The SQL dialect the code is written in.
+        database: Path of the DuckDB database the code runs against (read-only).
+        instructions: The task instruction optimizers start from.
+    """
+
+    kind: ClassVar[str] = "codegen"
+
+    def __init__(self, inputs: InputSpec, *, output: str = "sql", dialect: str = "duckdb",
+                 database: str | None = None, instructions: str = "", **kwargs: Any):
+        if dialect != "duckdb":
+            raise PipelineError(f"CodeGen supports dialect 'duckdb', got {dialect!r}")
+        instructions = instructions or "Write one DuckDB SQL SELECT query that answers the question."
+        kwargs.setdefault("max_tokens", 200)  # one query; a runaway generation is cut early
+        signature = _signature(inputs, output, str, instructions, "a single read-only DuckDB SELECT query")
+        super().__init__(signature, **kwargs)
+        self.dialect = dialect
+        self.database = database
