@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -71,8 +72,11 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def _run(fn: Callable[[], Any]) -> Any:
+    """Runs a job; its chatter (DSPy prints progress to stdout) goes to stderr, so stdout holds
+    only the command's result (one JSON object with --json)."""
     try:
-        return fn()
+        with contextlib.redirect_stdout(sys.stderr):
+            return fn()
     except UserError as exc:
         raise click.UsageError(str(exc)) from exc
     except PipecError as exc:

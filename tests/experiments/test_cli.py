@@ -97,3 +97,17 @@ def test_runs_list_json_after_a_compile(tmp_path):
     assert [r["run_id"] for r in listed] == [result["run_id"]]
     assert listed[0]["status"] == "FINISHED"
     assert listed[0]["compiled_score"] == pytest.approx(result["compiled"]["score"])
+
+
+def test_json_output_is_one_object_on_stdout(tmp_path, monkeypatch):
+    """DSPy prints progress to stdout; the CLI keeps it off stdout so --json stays parseable."""
+    from experiments import compile as compile_module
+    from tests.fakes import fake_lm, triage_respond
+
+    lm, _ = fake_lm(triage_respond)
+    real = compile_module.make_lm
+    monkeypatch.setattr(compile_module, "make_lm", lambda *a, **k: lm if a[0] == "scripted" else real(*a, **k))
+    result = CliRunner().invoke(cli, ["compile", "triage", "-o", "bootstrap", "--lm", "scripted", "--json"])
+    assert result.exit_code == 0, result.output
+    parsed = json.loads(result.stdout)
+    assert parsed["run_id"] and "Bootstrapped" in result.stderr
