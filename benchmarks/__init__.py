@@ -1,0 +1,1 @@
+"""Performance and quality harnesses (not part of the test suite). Run ``pipec bench NAME``."""
