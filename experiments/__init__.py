@@ -3,6 +3,7 @@
 from experiments.compile import CompileOptions, compile_pipeline, render_prompts
 from experiments.datasets import Dataset, load_dataset, split_dataset
 from experiments.evaluate import EvalReport, ExampleResult, LMUsage, evaluate_program, lm_usage
+from experiments.evaluate_run import EvaluateOptions, evaluate_pipeline
 from experiments.lm import LMConfig, make_lm
 from experiments.runs import list_runs
 from experiments.tracking import RunTracker
@@ -11,11 +12,13 @@ __all__ = [
     "CompileOptions",
     "Dataset",
     "EvalReport",
+    "EvaluateOptions",
     "ExampleResult",
     "LMConfig",
     "LMUsage",
     "RunTracker",
     "compile_pipeline",
+    "evaluate_pipeline",
     "evaluate_program",
     "list_runs",
     "lm_usage",

@@ -92,6 +92,7 @@ def cli() -> None:
     Quick tour:
       pipec demo                                  compile the built-in triage pipeline locally
       pipec compile triage --optimizer bootstrap  the same, step by step
+      pipec evaluate compiled/triage-….json       score a compiled program per node
       pipec runs list                             the tracked compile runs
       pipec ui                                    compare them in the MLflow UI
 
@@ -108,6 +109,8 @@ def _optimizer_help() -> str:
 
 _LM_HELP = ("'local' (the embedded SmolLM2-135M, no key needed) or a LiteLLM model string such as "
             "openai/gpt-4o-mini (key from the environment, e.g. OPENAI_API_KEY). Default: $PIPEC_LM, else local.")
+_JUDGE_LM_HELP = ("The LM of the writers' LLM judges (nodes with a 'rubric' rule), in the same forms as --lm. "
+                  "Default: $PIPEC_JUDGE_LM, else the task LM.")
 
 
 @cli.command("compile")
@@ -130,10 +133,11 @@ _LM_HELP = ("'local' (the embedded SmolLM2-135M, no key needed) or a LiteLLM mod
 @click.option("--experiment", envvar="PIPEC_EXPERIMENT", default="pipec", show_default=True,
               help="MLflow experiment name.")
 @click.option("--no-cache", is_flag=True, help="Bypass DSPy's LM response cache.")
+@click.option("--judge-lm", envvar="PIPEC_JUDGE_LM", default=None, help=_JUDGE_LM_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimizer: str, params: tuple[str, ...],
                 lm: str | None, api_base: str | None, seed: int, out: str | None, threads: int | None,
-                experiment: str, no_cache: bool, as_json: bool) -> None:
+                experiment: str, no_cache: bool, judge_lm: str | None, as_json: bool) -> None:
     """Compile PIPELINE (a built-in name such as triage or sql, or path/to/file.py:ClassName).
 
     Evaluates the pipeline on the valset, compiles it with the optimizer on the trainset,
@@ -143,7 +147,7 @@ def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimiz
 
     opts = CompileOptions(pipeline=pipeline, optimizer=optimizer, trainset=trainset, valset=valset,
                           params=params, lm=lm, api_base=api_base, seed=seed, out=out, threads=threads,
-                          experiment=experiment, progress=True, cache=not no_cache)
+                          experiment=experiment, progress=True, cache=not no_cache, judge_lm=judge_lm)
     result = _run(lambda: compile_pipeline(opts, say=_say))
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
@@ -169,6 +173,45 @@ def demo(optimizer: str, lm: str, as_json: bool) -> None:
         click.echo(json.dumps(result, ensure_ascii=False))
     else:
         _print_result(result)
+
+
+@cli.command("evaluate")
+@click.argument("target", metavar="PIPELINE_OR_PROGRAM")
+@click.option("--devset", type=click.Path(dir_okay=False), help="JSONL or CSV devset. Optional for a built-in "
+              "pipeline (its bundled dataset is used).")
+@click.option("--pipeline", help="The pipeline a saved program belongs to. Default: the one pipec compile "
+              "recorded in the program.")
+@click.option("--lm", envvar="PIPEC_LM", default=None, help=_LM_HELP)
+@click.option("--judge-lm", envvar="PIPEC_JUDGE_LM", default=None, help=_JUDGE_LM_HELP)
+@click.option("--api-base", envvar="PIPEC_API_BASE", help="Base URL of an OpenAI-compatible server.")
+@click.option("--threads", type=click.IntRange(1, 256), help="Evaluation threads. Default: 1 for the local "
+              "LM, 8 otherwise.")
+@click.option("--experiment", envvar="PIPEC_EXPERIMENT", default="pipec", show_default=True,
+              help="MLflow experiment name.")
+@click.option("--no-cache", is_flag=True, help="Bypass DSPy's LM response cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def evaluate_cmd(target: str, devset: str | None, pipeline: str | None, lm: str | None, judge_lm: str | None,
+                 api_base: str | None, threads: int | None, experiment: str, no_cache: bool, as_json: bool) -> None:
+    """Evaluate PIPELINE_OR_PROGRAM per node: a pipeline (triage, sql, path/to/file.py:ClassName) or a
+    compiled program (the .json file pipec compile saved).
+
+    Every node's validators judge every example; classifier nodes also get per-label precision,
+    recall and F1. The run is recorded in MLflow (tag pipec.kind=evaluate) with a verdicts table
+    that shows why each example failed.
+    """
+    from experiments.evaluate_run import EvaluateOptions, evaluate_pipeline, evaluation_table
+
+    opts = EvaluateOptions(target=target, devset=devset, pipeline=pipeline, lm=lm, judge_lm=judge_lm,
+                           api_base=api_base, threads=threads, experiment=experiment, cache=not no_cache)
+    result = _run(lambda: evaluate_pipeline(opts, say=_say))
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+        return
+    console = _console()
+    for renderable in evaluation_table(result):
+        console.print(renderable)
+    if result["run_id"]:
+        console.print(f"MLflow run: {result['run_id']} in {result['tracking_uri']}")
 
 
 @cli.command("optimizers")
@@ -224,6 +267,23 @@ def ui(host: str, port: int) -> None:
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     _say(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
     os.execv(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
+
+
+@cli.command("bench")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def bench(name: str, as_json: bool) -> None:
+    """Run benchmark NAME: overhead, parallel, cache, local-lm or quality.
+
+    Writes benchmarks/results/NAME.json (figures, date, machine, versions) and NAME.md (the table).
+    """
+    from benchmarks import BENCHMARKS, run_benchmark
+
+    if name not in BENCHMARKS:
+        raise click.UsageError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+    result = _run(lambda: run_benchmark(name))
+    table = result.pop("table")
+    click.echo(json.dumps({"benchmark": name, **result}, ensure_ascii=False, default=str) if as_json else table)
 
 
 def main() -> None:

@@ -22,9 +22,12 @@ from typing import Any
 
 import dspy
 
+from experiments.candidates import candidate_runs
 from experiments.datasets import Dataset, load_dataset, split_dataset
 from experiments.evaluate import EvalReport, evaluate_program, lm_usage
 from experiments.lm import LMConfig, make_lm
+from experiments.program_meta import program_meta, stamp_program
+from experiments.reports import log_node_reports
 from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, code_version, tracking_uri
 from metrics.pipeline_metric import PipelineMetric
 from optimizers.params import parse_params
@@ -57,6 +60,7 @@ class CompileOptions:
     progress: bool = True
     cache: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
+    judge_lm: str | LMConfig | None = None  # the writers' LLM judges; the task LM if None
 
 
 def versions() -> dict[str, str]:
@@ -98,13 +102,16 @@ def _results_jsonl(report: EvalReport, examples: Sequence[dspy.Example]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save_program(program: dspy.Module, out: Path) -> Path:
-    """Saves atomically: a crash never leaves a half-written program file."""
+def _save_program(program: dspy.Module, out: Path, meta: dict[str, str] | None = None) -> Path:
+    """Saves atomically: a crash never leaves a half-written program file. ``meta`` records the
+    pipeline the program belongs to (see experiments.program_meta)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".json", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:
         program.save(str(tmp_path))
+        if meta:
+            stamp_program(tmp_path, meta)
         os.replace(tmp_path, out)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -145,7 +152,10 @@ def _plan(opts: CompileOptions) -> _Plan:
     lm = opts.lm if isinstance(opts.lm, LMConfig) else make_lm(opts.lm, api_base=opts.api_base, cache=opts.cache)
     threads = opts.threads or (1 if lm.engine is not None else 8)
     params = parse_params(opts.params)
-    metric = PipelineMetric(pipeline, feedback=spec_for(opts.optimizer).feedback)
+    judge = opts.judge_lm
+    if isinstance(judge, str):
+        judge = make_lm(judge, api_base=opts.api_base, cache=opts.cache)
+    metric = PipelineMetric(pipeline, feedback=spec_for(opts.optimizer).feedback, judge_lm=judge)
     prepared = prepare_optimizer(opts.optimizer, metric, params, seed=opts.seed, lm=lm.lm, threads=threads)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = Path(opts.pipeline.split(":")[-1]).stem.lower()
@@ -161,6 +171,8 @@ def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
         "optimizer": opts.optimizer,
         "optimizer.settings": plan.prepared.settings,
         "lm": plan.lm.settings,
+        "judge_lm": (opts.judge_lm.settings.get("model") if isinstance(opts.judge_lm, LMConfig)
+                     else opts.judge_lm or "(the task LM)"),
         "seed": opts.seed,
         "threads": plan.threads,
         "trainset": {"path": plan.trainset.path, "size": len(plan.train), "file_size": len(plan.trainset),
@@ -184,6 +196,7 @@ def _evaluate(tracker: RunTracker, stage: str, program: Pipeline, plan: _Plan, o
                      f"{stage}.seconds": summary["seconds"],
                      **{f"{stage}.node.{n}.score": s for n, s in summary["nodes"].items()}})
     tracker.text(_results_jsonl(report, plan.val), f"evaluation/{stage}.jsonl")
+    log_node_reports(tracker, stage, plan.pipeline, report, plan.val)
     return report
 
 
@@ -203,9 +216,6 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
     """
     plan = _plan(opts)
     say(f"Valset: {plan.val_source}.")
-    import mlflow
-
-    mlflow.dspy.autolog(log_compiles=True, log_evals=True, log_traces=False, silent=True)
     tracker = RunTracker(opts.experiment, run_name=f"{opts.pipeline.split(':')[-1]}-{opts.optimizer}",
                          tags={"pipec.kind": "compile", **opts.extra_tags})
     started = time.perf_counter()
@@ -218,14 +228,17 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
         if plan.prepared.uses_valset:
             compile_kwargs["valset"] = plan.val
         compile_start = time.perf_counter()
-        with lm_usage() as usage:
+        with lm_usage() as usage, candidate_runs(tracker):
             compiled = plan.prepared.teleprompter.compile(plan.pipeline.deepcopy(), trainset=plan.train,
                                                           **compile_kwargs)
         tracker.metrics({"compile.lm_calls": usage.calls, "compile.tokens": usage.tokens,
                          "compile.seconds": time.perf_counter() - compile_start})
+        chosen = getattr(plan.prepared.teleprompter, "chosen", None)
+        if chosen:  # what a tuning optimizer settled on (knn's k, embedding, order), beside its settings
+            tracker.params({"optimizer.chosen": chosen})
         say(f"Compiled: evaluating {len(plan.val)} examples.")
         result = _evaluate(tracker, "compiled", compiled, plan, opts)
-        program_path = _save_program(compiled, plan.out)
+        program_path = _save_program(compiled, plan.out, program_meta(opts.pipeline, plan.pipeline))
         tracker.file(program_path, "program")
         for node, text in render_prompts(compiled, plan.lm.adapter).items():
             tracker.text(text, f"prompts/{node}.txt")

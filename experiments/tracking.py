@@ -13,9 +13,10 @@ import logging
 import math
 import os
 import subprocess
-import tempfile
+import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,13 @@ def code_version(path: str | os.PathLike | None = None) -> dict[str, str]:
 
 
 class RunTracker:
-    """One MLflow run; every logging call is best-effort.
+    """One MLflow run; every logging call is best-effort and written in the background.
 
     Use :meth:`start` as a context manager; inside it, ``run_id`` is set when tracking works.
+    Logging calls queue their write and return at once: one writer thread sends them to the
+    store in order, so a compile never waits on the store (a sqlite commit costs milliseconds
+    to tens of milliseconds of fsync) while it has LM work to do. Leaving :meth:`start` waits
+    for every queued write, then ends the run; a write that failed is a warning then.
     """
 
     def __init__(self, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
@@ -81,6 +86,10 @@ class RunTracker:
         self.tags = dict(tags or {})
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._failures: list[tuple[str, BaseException]] = []
+        self._client: Any = None
 
     def _warn(self, what: str, exc: BaseException) -> None:
         warnings.warn(f"MLflow tracking: {what} failed ({type(exc).__name__}: {exc}); the job continues",
@@ -89,15 +98,18 @@ class RunTracker:
     @contextmanager
     def start(self) -> Iterator[RunTracker]:
         import mlflow
+        from mlflow.tracking import MlflowClient
 
         try:
             mlflow.set_experiment(self.experiment)
             run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
             self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+            self._client = MlflowClient()
         except Exception as exc:
             self._warn("starting a run", exc)
             yield self
             return
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-tracking")
         status = "FAILED"
         try:
             yield self
@@ -106,57 +118,65 @@ class RunTracker:
             status = "KILLED"
             raise
         finally:
+            self.flush()
+            self._writer.shutdown(wait=True)
+            self._writer = None
             try:
-                # End every run this thread opened on top of ours (autologging's), then ours.
+                # End every run this thread opened on top of ours (a caller's nested runs), then ours.
                 while (active := mlflow.active_run()) is not None and active.info.run_id != self.run_id:
                     mlflow.end_run(status=status)
                 mlflow.end_run(status=status)
             except Exception as exc:
                 self._warn("ending the run", exc)
 
+    def submit(self, what: str, write: Callable[[Any, str], None]) -> None:
+        """Queues ``write(client, run_id)`` (an ``MlflowClient`` and this run's id) for the writer.
+
+        Args:
+            what: What the write does, for the warning if it fails ("logging metrics").
+            write: The write; it runs on the writer thread, after every write queued before it.
+        """
+        if self.run_id is None or self._writer is None:
+            return
+        client, run_id = self._client, self.run_id
+
+        def run() -> None:
+            try:
+                write(client, run_id)
+            except Exception as exc:
+                self._failures.append((what, exc))
+
+        self._pending.append(self._writer.submit(run))
+
+    def flush(self) -> None:
+        """Waits for every queued write; each one that failed becomes a warning, here."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        failures, self._failures = self._failures, []
+        for what, exc in failures:
+            self._warn(what, exc)
+
     def params(self, params: Mapping[str, Any]) -> None:
-        if self.run_id is None:
-            return
-        import mlflow
+        from mlflow.entities import Param
 
-        try:
-            mlflow.log_params({k: _param_value(v) for k, v in flatten(params).items()})
-        except Exception as exc:
-            self._warn("logging params", exc)
+        values = [Param(k, _param_value(v)) for k, v in flatten(params).items()]
+        self.submit("logging params", lambda client, run_id: client.log_batch(run_id, params=values))
 
-    def metrics(self, metrics: Mapping[str, Any]) -> None:
-        if self.run_id is None:
-            return
-        import mlflow
+    def metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
+        from mlflow.entities import Metric
 
-        values = {k: float(v) for k, v in flatten(metrics).items()
-                  if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
-        try:
-            mlflow.log_metrics(values)
-        except Exception as exc:
-            self._warn("logging metrics", exc)
+        stamp = int(time.time() * 1000)
+        values = [Metric(k, float(v), stamp, step) for k, v in flatten(metrics).items()
+                  if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+        self.submit("logging metrics", lambda client, run_id: client.log_batch(run_id, metrics=values))
 
     def text(self, text: str, artifact_file: str) -> None:
         """Logs ``text`` (UTF-8) as the artifact ``artifact_file``."""
-        if self.run_id is None:
-            return
-        import mlflow
-
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                target = Path(tmp) / Path(artifact_file).name
-                target.write_text(text, encoding="utf-8")
-                parent = str(Path(artifact_file).parent)
-                mlflow.log_artifact(str(target), artifact_path=None if parent == "." else parent)
-        except Exception as exc:
-            self._warn(f"logging artifact {artifact_file}", exc)
+        self.submit(f"logging artifact {artifact_file}",
+                    lambda client, run_id: client.log_text(run_id, text, artifact_file))
 
     def file(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if self.run_id is None:
-            return
-        import mlflow
-
-        try:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
-        except Exception as exc:
-            self._warn(f"logging artifact {path}", exc)
+        """Logs the file at ``path`` (it must stay there until the run ends)."""
+        self.submit(f"logging artifact {path}",
+                    lambda client, run_id: client.log_artifact(run_id, str(path), artifact_path))

@@ -10,6 +10,7 @@ import dspy
 
 from metrics.validators import validators_for
 from metrics.verdict import Verdict, combine
+from programs.errors import PipelineError
 from programs.pipeline import Pipeline
 
 __all__ = ["PipelineMetric"]
@@ -29,17 +30,31 @@ class PipelineMetric:
       ``feedback=True`` -> ``dspy.Prediction(score=..., feedback=...)``, where the feedback is
       the named node's own when ``pred_name`` is given and every failing node's otherwise.
 
+    A node whose checks could not judge (an LLM judge that failed) is left out of the weighted
+    mean, not counted as 0 or 1 (see ``metrics.verdict``).
+
     Args:
         pipeline: The pipeline whose nodes, gold fields and weights define the judgement.
         feedback: Always return ``dspy.Prediction(score, feedback)``.
+        judge_lm: The LM of the writers' LLM judges: a ``dspy.LM``, or anything with ``lm`` and
+            ``adapter`` attributes (``experiments.lm.LMConfig``). The task LM if None.
+
+    Raises:
+        PipelineError: A node's rules are unknown or invalid (the message names the node).
     """
 
-    def __init__(self, pipeline: Pipeline, *, feedback: bool = False) -> None:
+    def __init__(self, pipeline: Pipeline, *, feedback: bool = False, judge_lm: Any = None) -> None:
         self.pipeline = pipeline
         self.nodes = pipeline.nodes()
         self.gold: Mapping[str, str] = dict(pipeline.gold)
         self.weights = {name: pipeline.weight(name) for name in self.nodes}
-        self.validators = {name: validators_for(node) for name, node in self.nodes.items()}
+        lm, adapter = (judge_lm.lm, judge_lm.adapter) if hasattr(judge_lm, "adapter") else (judge_lm, None)
+        self.validators = {}
+        for name, node in self.nodes.items():
+            try:
+                self.validators[name] = validators_for(node, judge_lm=lm, judge_adapter=adapter)
+            except PipelineError as exc:
+                raise PipelineError(f"{type(pipeline).__name__}.{name}: {exc}") from exc
         self.feedback = feedback
         self.__name__ = f"{type(pipeline).__name__}Metric"
 
@@ -67,11 +82,12 @@ class PipelineMetric:
         return verdicts
 
     def score(self, verdicts: Mapping[str, Verdict]) -> float:
-        """The weighted mean of the node scores."""
-        total = sum(self.weights[name] for name in verdicts)
+        """The weighted mean of the counted node scores (0 when no node could be judged)."""
+        counted = {name: v for name, v in verdicts.items() if v.counted}
+        total = sum(self.weights[name] for name in counted)
         if total == 0:
             return 0.0
-        return sum(self.weights[name] * v.score for name, v in verdicts.items()) / total
+        return sum(self.weights[name] * v.score for name, v in counted.items()) / total
 
     @staticmethod
     def feedback_text(verdicts: Mapping[str, Verdict], node: str | None = None) -> str:

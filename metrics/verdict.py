@@ -1,4 +1,10 @@
-"""Verdict: the one currency of judgement in pipec."""
+"""Verdict: the one currency of judgement in pipec.
+
+A check that could not judge (an LLM judge whose answers stayed malformed after its retries)
+returns an *uncounted* verdict (:meth:`Verdict.abstain`): it is not a 0 and not a 1. It is
+left out of every mean (the node's, the pipeline's), counted in ``details["judge_failures"]``,
+and never passes, since nothing vouched for the output.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +24,15 @@ class Verdict:
         passed: Whether the output is acceptable.
         feedback: What to change, specific enough for an optimizer to act on ("" when passed).
         details: Machine-readable extras (expected/got values, counts, errors).
+        counted: False when the check could not judge: the score is then a placeholder that
+            means are computed without.
     """
 
     score: float
     passed: bool
     feedback: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    counted: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
@@ -37,15 +46,26 @@ class Verdict:
     def fail(cls, feedback: str, score: float = 0.0, **details: Any) -> Verdict:
         return cls(score, False, feedback, dict(details))
 
+    @classmethod
+    def abstain(cls, feedback: str, **details: Any) -> Verdict:
+        """The check could not judge: not passed, and left out of every mean."""
+        return cls(0.0, False, feedback, dict(details), counted=False)
+
 
 def combine(verdicts: Iterable[Verdict]) -> Verdict:
-    """Combines the checks of one node: mean score, passed only when all passed, feedback joined."""
+    """Combines the checks of one node: the mean score of the counted checks, passed only when
+    all passed, feedback joined, ``judge_failures`` summed. Uncounted when no check counted."""
     verdicts = list(verdicts)
     if not verdicts:
         return Verdict.ok()
-    score = sum(v.score for v in verdicts) / len(verdicts)
+    counted = [v for v in verdicts if v.counted]
+    score = sum(v.score for v in counted) / len(counted) if counted else 0.0
     feedback = " ".join(v.feedback for v in verdicts if v.feedback)
     details: dict[str, Any] = {}
+    failures = 0
     for v in verdicts:
         details.update(v.details)
-    return Verdict(score, all(v.passed for v in verdicts), feedback, details)
+        failures += int(v.details.get("judge_failures", 0))
+    if failures:
+        details["judge_failures"] = failures
+    return Verdict(score, all(v.passed for v in verdicts), feedback, details, counted=bool(counted))

@@ -53,6 +53,12 @@ def _tp(name: str) -> Callable[[], type]:
     return load
 
 
+def _knn() -> type:
+    from optimizers.knn import RetrievalFewShot
+
+    return RetrievalFewShot
+
+
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
@@ -77,6 +83,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                                 "reflection_lm": "{lm}"},
                       feedback=True, uses_valset=True,
                       exclusive={"max_metric_calls": ("auto",), "max_full_evals": ("auto",)}),
+        OptimizerSpec("knn", _knn, "dynamic few-shot: each call's demos are the trainset examples nearest its "
+                      "inputs (one LM call per node); k, embedding, order tuned on the valset",
+                      defaults={"max_lm_calls": 300, "num_threads": "{threads}", "seed": "{seed}"},
+                      uses_valset=True),
     )
 }
 

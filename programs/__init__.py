@@ -7,6 +7,7 @@ from programs.errors import (
     BudgetExhaustedError,
     ConfigError,
     DatasetError,
+    InputRejectedError,
     LMError,
     PipecError,
     PipelineError,
@@ -16,6 +17,7 @@ from programs.errors import (
 from programs.loader import load_pipeline_class, make_pipeline
 from programs.nodes import Classifier, CodeGen, Node, Writer
 from programs.pipeline import Pipeline
+from programs.retrieval import Retrieval
 
 __all__ = [
     "BudgetExhaustedError",
@@ -23,11 +25,13 @@ __all__ = [
     "CodeGen",
     "ConfigError",
     "DatasetError",
+    "InputRejectedError",
     "LMError",
     "Node",
     "PipecError",
     "Pipeline",
     "PipelineError",
+    "Retrieval",
     "TrackingError",
     "UserError",
     "Writer",

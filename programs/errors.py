@@ -6,6 +6,7 @@
     │   ├── PipelineError         a pipeline that cannot be found or is declared wrongly
     │   └── ConfigError           an unknown optimizer, --param, LM spec or setting
     ├── LMError                   a language model failed to answer
+    ├── InputRejectedError        an input guard blocked a pipeline input
     ├── BudgetExhaustedError           an optimizer ran out of its LM-call budget
     └── TrackingError             MLflow or the store failed (telemetry: warned, not raised to users)
 
@@ -18,6 +19,7 @@ __all__ = [
     "BudgetExhaustedError",
     "ConfigError",
     "DatasetError",
+    "InputRejectedError",
     "LMError",
     "PipecError",
     "PipelineError",
@@ -65,6 +67,19 @@ class ConfigError(UserError):
 
 class LMError(PipecError):
     """A language model failed to answer (not found, not loadable, provider error)."""
+
+
+class InputRejectedError(PipecError):
+    """An input guard (``metrics.guards``) blocked a pipeline input; ``reasons`` says why.
+
+    Args:
+        message: The reasons, joined.
+        reasons: One ``guard: reason`` line per failed guard.
+    """
+
+    def __init__(self, message: str, *, reasons: list[str] | None = None):
+        self.reasons = list(reasons or [])
+        super().__init__(message)
 
 
 class BudgetExhaustedError(PipecError):

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 import dspy
 
 from programs.errors import PipelineError
+from programs.retrieval import Retrieval
 
 __all__ = ["Classifier", "CodeGen", "Node", "Writer"]
 
@@ -62,9 +63,14 @@ class Node(dspy.Predict):
         rules: Settings of the kind's built-in validators (for example ``max_words``).
         validators: Extra validators, each called as ``validator(output, gold=..., example=...,
             prediction=..., node=...)`` and returning a ``metrics.Verdict``.
+
+    Attributes:
+        retrieval: When set (by ``--optimizer knn``), each call takes its demos from this pool,
+            the nearest to the call's inputs, instead of ``demos``; still one LM call.
     """
 
     kind: ClassVar[str] = "node"
+    retrieval: Retrieval | None
 
     def __init__(self, signature: type[dspy.Signature], *, rules: Mapping[str, Any] | None = None,
                  validators: Iterable[Callable[..., Any]] = (), **config: Any):
@@ -74,6 +80,34 @@ class Node(dspy.Predict):
                                 f"got {list(self.signature.output_fields)}")
         self.rules = dict(rules or {})
         self.validators = list(validators)
+
+    def reset(self) -> None:
+        super().reset()
+        self.retrieval = None  # compiled state, like demos: a reset program starts without it
+
+    def forward(self, **kwargs: Any) -> dspy.Prediction:
+        return super().forward(**self._retrieve(kwargs))
+
+    async def aforward(self, **kwargs: Any) -> dspy.Prediction:
+        return await super().aforward(**self._retrieve(kwargs))
+
+    def _retrieve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.retrieval is None or "demos" in kwargs:  # demos passed by the caller win
+            return kwargs
+        return {**kwargs, "demos": self.retrieval.select(kwargs)}
+
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        state = super().dump_state(json_mode=json_mode)
+        if self.retrieval is not None:
+            state["retrieval"] = self.retrieval.dump()
+        return state
+
+    def load_state(self, state: dict[str, Any], **kwargs: Any) -> Node:
+        state = dict(state)
+        retrieval = state.pop("retrieval", None)  # Predict.load_state would set it raw
+        super().load_state(state, **kwargs)
+        self.retrieval = Retrieval.load(retrieval) if retrieval else None
+        return self
 
     @property
     def output_field(self) -> str:

@@ -20,7 +20,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("PIPEC_HOME", str(tmp_path / "pipec-home"))
-    for name in ("PIPEC_LM", "PIPEC_API_BASE", "PIPEC_EXPERIMENT", "PIPEC_LOCAL_MODEL"):
+    for name in ("PIPEC_LM", "PIPEC_API_BASE", "PIPEC_EXPERIMENT", "PIPEC_LOCAL_MODEL", "PIPEC_JUDGE_LM",
+                 "PIPEC_LOCAL_THREADS"):
         monkeypatch.delenv(name, raising=False)
     with dspy.context(lm=None, adapter=None):
         yield tmp_path

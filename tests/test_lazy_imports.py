@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-HEAVY = ("mlflow", "duckdb", "llama_cpp")
+HEAVY = ("mlflow", "duckdb", "llama_cpp", "torch", "sentence_transformers", "sqlglot", "matplotlib")
 
 
 @pytest.mark.parametrize("package", ["programs", "metrics", "optimizers"])

@@ -144,3 +144,21 @@ def test_japanese_survives_the_program_and_the_artifacts(tmp_path):
     path = client.download_artifacts(result["run_id"], "evaluation/compiled.jsonl")
     text = open(path, encoding="utf-8").read()
     assert "本日中に発送状況を確認します" in text
+
+
+def test_per_node_reports_and_the_verdicts_table(triage_run):
+    result, _ = triage_run
+    client = MlflowClient()
+    metrics = client.get_run(result["run_id"]).data.metrics
+    for stage in ("baseline", "compiled"):
+        for key in ("node.classify.macro_f1", "node.classify.label.refund.f1", "node.classify.label.billing.precision",
+                    "node.reply.pass_rate", "judge_failures"):
+            assert f"{stage}.{key}" in metrics, f"{stage}.{key}"
+    files = artifacts(client, result["run_id"])
+    assert {"evaluation/compiled_verdicts.json", "evaluation/compiled_classify_confusion.png",
+            "evaluation/compiled_classify_classification.json"} <= set(files)
+    table = json.load(open(client.download_artifacts(result["run_id"], "evaluation/baseline_verdicts.json")))
+    failed = [dict(zip(table["columns"], row, strict=True)) for row in table["data"] if not row[5]]
+    assert failed and all(row["feedback"] for row in failed)
+    saved = json.load(open(result["program_path"], encoding="utf-8"))
+    assert saved["metadata"]["pipec"] == {"pipeline": "triage", "class": "programs.builtin.Triage"}

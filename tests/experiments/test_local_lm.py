@@ -45,3 +45,16 @@ def test_provider_settings_never_hold_the_key(monkeypatch):
     assert served.settings["model"] == "openai/my-model" and served.settings["api_base"] == "http://127.0.0.1:8000/v1"
     with pytest.raises(ConfigError, match="--api-base does not apply to --lm local"):
         make_lm("local", api_base="http://127.0.0.1:8000/v1")
+
+
+def test_llama_threads_default_to_half_the_cores_and_follow_the_environment(monkeypatch):
+    from experiments.local_lm import LocalEngine
+
+    monkeypatch.delenv("PIPEC_LOCAL_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert LocalEngine().n_threads == 1
+    monkeypatch.setenv("PIPEC_LOCAL_THREADS", "3")
+    assert LocalEngine().n_threads == 3 and LocalEngine(n_threads=2).n_threads == 2
+    monkeypatch.setenv("PIPEC_LOCAL_THREADS", "many")
+    with pytest.raises(LMError, match="PIPEC_LOCAL_THREADS"):
+        LocalEngine()

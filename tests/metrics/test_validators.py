@@ -1,8 +1,9 @@
 import pytest
 
-from metrics import LabelMatch, LengthBounds, SqlResultMatch, Verdict, validators_for
+from metrics import LabelMatch, LengthBounds, LLMJudge, PipelineMetric, SqlResultMatch, Verdict, validators_for
 from metrics.validators import count_words
-from programs import Classifier, CodeGen, Writer
+from metrics.writer_rules import GENERIC_PROSE, Format, Language, Phrases
+from programs import Classifier, CodeGen, Pipeline, PipelineError, Writer
 from programs.builtin import demo_database
 
 
@@ -63,3 +64,48 @@ def test_validators_for_each_kind(classifier):
     checks = validators_for(writer)
     assert checks[0] == LengthBounds(max_words=9) and checks[1] is extra
     assert [type(v) for v in validators_for(CodeGen("q"))] == [SqlResultMatch]
+
+
+def test_writer_rules_build_their_checks():
+    writer = Writer("q", rules={"max_words": 50, "banned_phrases": True, "required_phrases": "order",
+                                "language": "ja", "format": "text", "rubric": "Polite and concrete."})
+    checks = validators_for(writer)
+    assert [type(c) for c in checks] == [LengthBounds, Phrases, Language, Format, LLMJudge]
+    assert checks[1] == Phrases(required=("order",), banned=GENERIC_PROSE) and checks[2] == Language("ja")
+    assert checks[4].mode == "score" and checks[4].retries == 2
+
+
+def test_codegen_rules():
+    (check,) = validators_for(CodeGen("q", rules={"timeout": 2, "max_rows": 10}))
+    assert (check.timeout, check.max_rows) == (2.0, 10)
+
+
+@pytest.mark.parametrize("node, message", [
+    (Writer("q", rules={"max_word": 5}), "unknown rule 'max_word' for a writer node. Did you mean 'max_words'? "
+                                         "Valid rules: min_words, max_words"),
+    (Classifier("q", labels=["a", "b"], rules={"language": "en"}), "Valid rules: none"),
+    (CodeGen("q", rules={"timeout": -1}), "rule timeout must be a number of seconds > 0"),
+    (Writer("q", rules={"language": "klingon"}), "rule language='klingon' is not supported; use one of: ja,"),
+    (Writer("q", rules={"format": "yaml"}), "rule format='yaml' is not one of: json, markdown, text"),
+    (Writer("q", rules={"min_words": 9, "max_words": 3}), "rule min_words=9 is above max_words=3"),
+    (Writer("q", rules={"min_chars": "ten"}), "rule 'min_chars' must be a whole number >= 0"),
+    (Writer("q", rules={"judge_mode": "binary"}), "'judge_mode' configures the LLM judge, which needs a 'rubric'"),
+    (Writer("q", rules={"rubric": "x", "judge_mode": "stars"}), "judge_mode='stars' is not one of: score, binary"),
+    (Writer("q", rules={"required_phrases": []}), "rule 'required_phrases' is an empty list"),
+])
+def test_bad_rules_fail_when_the_metric_is_built(node, message):
+    with pytest.raises(PipelineError) as raised:
+        validators_for(node)
+    assert message in str(raised.value)
+
+
+def test_the_metric_names_the_node_with_bad_rules():
+    class Bad(Pipeline):
+        inputs = ("q",)
+
+        def __init__(self):
+            super().__init__()
+            self.summary = Writer("q", output="summary", rules={"max_wrds": 5})
+
+    with pytest.raises(PipelineError, match=r"^Bad.summary: unknown rule 'max_wrds'"):
+        PipelineMetric(Bad())
