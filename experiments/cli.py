@@ -36,6 +36,9 @@ def _quiet_libraries() -> None:
     logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when it is imported
+    # litellm fetches its model cost map from the network at import; offline, that fetch logs a
+    # warning whose handler imports during the import and deadlocks the MLflow server (pipec ui).
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 def _score_table(result: dict[str, Any]) -> Any:
