@@ -30,6 +30,7 @@ from benchmarks.banking77 import INTENTS6
 from experiments.lm import LMConfig
 
 __all__ = [
+    "RATIO_NOTE",
     "RESULTS_DIR",
     "LatencyEngine",
     "alternate",

