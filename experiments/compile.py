@@ -190,11 +190,7 @@ def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
 
 def _evaluate(tracker: RunTracker, stage: str, program: Pipeline, plan: _Plan, opts: CompileOptions) -> EvalReport:
     report = evaluate_program(program, plan.val, plan.metric, threads=plan.threads, progress=opts.progress)
-    summary = report.summary()
-    tracker.metrics({f"{stage}.score": summary["score"], f"{stage}.lm_calls": summary["lm_calls"],
-                     f"{stage}.tokens": summary["tokens"], f"{stage}.errors": summary["errors"],
-                     f"{stage}.seconds": summary["seconds"],
-                     **{f"{stage}.node.{n}.score": s for n, s in summary["nodes"].items()}})
+    tracker.metrics(report.metrics(stage))
     tracker.text(_results_jsonl(report, plan.val), f"evaluation/{stage}.jsonl")
     log_node_reports(tracker, stage, plan.pipeline, report, plan.val)
     return report

@@ -122,6 +122,12 @@ class EvalReport:
     def errors(self) -> int:
         return sum(r.error is not None for r in self.results)
 
+    def metrics(self, stage: str) -> dict[str, float]:
+        """The summary's figures as MLflow metrics named ``<stage>.<figure>`` and ``<stage>.node.<n>.score``."""
+        summary = self.summary()
+        figures = {f"{stage}.{k}": summary[k] for k in ("score", "lm_calls", "tokens", "errors", "seconds")}
+        return {**figures, **{f"{stage}.node.{n}.score": s for n, s in summary["nodes"].items()}}
+
     def summary(self) -> dict[str, Any]:
         """The figures that go to the CLI's JSON and to MLflow."""
         return {"score": self.score, "nodes": self.nodes, "examples": len(self.results), "errors": self.errors,

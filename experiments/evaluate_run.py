@@ -153,10 +153,7 @@ def evaluate_pipeline(opts: EvaluateOptions, say: Callable[[str], None] = logger
         report = evaluate_program(plan.pipeline, examples, plan.metric, threads=plan.threads,
                                   progress=opts.progress)
         summary = report.summary()
-        tracker.metrics({"evaluate.score": summary["score"], "evaluate.lm_calls": summary["lm_calls"],
-                         "evaluate.tokens": summary["tokens"], "evaluate.errors": summary["errors"],
-                         "evaluate.seconds": summary["seconds"],
-                         **{f"evaluate.node.{n}.score": s for n, s in summary["nodes"].items()}})
+        tracker.metrics(report.metrics("evaluate"))
         nodes = log_node_reports(tracker, "evaluate", plan.pipeline, report, examples)
         if plan.program_path is not None:
             tracker.file(plan.program_path, "program")
