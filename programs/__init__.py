@@ -11,6 +11,8 @@ from programs.errors import (
     LMError,
     PipecError,
     PipelineError,
+    StoreBusyError,
+    StoreError,
     TrackingError,
     UserError,
 )
@@ -32,6 +34,8 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "Retrieval",
+    "StoreBusyError",
+    "StoreError",
     "TrackingError",
     "UserError",
     "Writer",

@@ -4,7 +4,9 @@
     ├── UserError                 bad input from the user; the CLI exits with status 2
     │   ├── DatasetError          a trainset/devset that is missing, malformed or lacks fields
     │   ├── PipelineError         a pipeline that cannot be found or is declared wrongly
-    │   └── ConfigError           an unknown optimizer, --param, LM spec or setting
+    │   ├── ConfigError           an unknown optimizer, --param, LM spec or setting
+    │   └── StoreError            a flywheel store that is missing, not a store, or from a newer pipec
+    │       └── StoreBusyError    another process holds the store file
     ├── LMError                   a language model failed to answer
     ├── InputRejectedError        an input guard blocked a pipeline input
     ├── BudgetExhaustedError           an optimizer ran out of its LM-call budget
@@ -23,6 +25,8 @@ __all__ = [
     "LMError",
     "PipecError",
     "PipelineError",
+    "StoreBusyError",
+    "StoreError",
     "TrackingError",
     "UserError",
 ]
@@ -63,6 +67,15 @@ class PipelineError(UserError):
 
 class ConfigError(UserError):
     """An unknown optimizer, parameter, LM spec or other setting."""
+
+
+class StoreError(UserError):
+    """A flywheel store (experiments/store.py) that cannot be used as asked: missing, not a
+    store, written by a newer pipec, or asked for rows it does not hold."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds the store file (DuckDB allows one writer, or readers only)."""
 
 
 class LMError(PipecError):
