@@ -1,0 +1,277 @@
+"""A node's live demo pool: reviewed node calls that become demos while the program runs.
+
+The data flywheel's dynamic few-shot. A ``DemoSource`` hands out reviewed node calls (a human's
+correction, or an approved output) as they arrive; a ``LivePool`` keeps them embedded in an
+in-memory matrix and, before each selection, asks the source for the rows added since its
+cursor and embeds only those. A correction saved now is retrievable by the very next call: no
+recompile, no rebuild of the index.
+
+Which demos a call gets: the pool rows most similar to the call's inputs (cosine similarity of
+the node's embedding), each similarity weighted by recency, ``0.5 ** (age / half_life)``: with
+the default half-life of 30 days, a row reviewed a month ago counts half as much as one reviewed
+now. When the node also has a compiled retrieval pool (``--optimizer knn``), both pools compete
+on the same embedding and the best ``k`` win (trainset rows are not aged); otherwise the live
+demos follow the node's fixed demos.
+
+This module knows no storage: ``experiments`` implements ``DemoSource`` over the DuckDB store
+and attaches a pool to each node at run time (``node.live_pool``).
+
+Example:
+    >>> source = ListSource([PoolRow("c1", {"text": "my card never came", "label": "card_arrival"}, 0.0)])
+    >>> pool = LivePool(source, query_fields=("text",), k=1, clock=lambda: 0.0)
+    >>> [d["label"] for d in pool.select({"text": "my new card never came"})]
+    ['card_arrival']
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from programs.errors import ConfigError
+from programs.retrieval import ORDERS, Retrieval, _normalise, query_text, resolve_embedding
+
+__all__ = ["DEFAULT_HALF_LIFE_DAYS", "DemoSource", "ListSource", "LivePool", "PoolRow"]
+
+DEFAULT_HALF_LIFE_DAYS = 30.0
+"""A reviewed row this many days old weighs half as much as one reviewed now."""
+
+_RANK = {"correction": 2, "approved": 1}  # a correction wins over an approval of the same call
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class PoolRow:
+    """One reviewed node call, as a demo.
+
+    Attributes:
+        key: The node call's identity; a later row with the same key replaces the earlier one,
+            except that an approval never replaces a correction.
+        demo: The node's fields: its inputs and its (corrected or approved) output. None
+            withdraws the key from the pool.
+        created_at: When it was reviewed, in seconds since the epoch (recency weighting).
+        kind: ``correction`` or ``approved``.
+    """
+
+    key: str
+    demo: Mapping[str, Any] | None
+    created_at: float
+    kind: str = "correction"
+
+
+@runtime_checkable
+class DemoSource(Protocol):
+    """Where a live pool's rows come from.
+
+    ``demos_since(cursor)`` returns the rows added since ``cursor`` (None: every row) and the new
+    cursor. It is called before every selection, so it must be cheap when nothing is new.
+    """
+
+    def demos_since(self, cursor: Any) -> tuple[Sequence[PoolRow], Any]: ...
+
+
+class ListSource:
+    """An in-memory ``DemoSource`` (tests, or an application feeding its own reviews).
+
+    Args:
+        rows: The first rows.
+    """
+
+    def __init__(self, rows: Sequence[PoolRow] = ()) -> None:
+        self._rows = list(rows)
+        self._lock = threading.Lock()
+
+    def add(self, *rows: PoolRow) -> None:
+        """Appends rows; the next selection sees them."""
+        with self._lock:
+            self._rows.extend(rows)
+
+    def demos_since(self, cursor: Any) -> tuple[Sequence[PoolRow], Any]:
+        with self._lock:
+            start = int(cursor or 0)
+            return self._rows[start:], len(self._rows)
+
+
+def _embedder(name: str) -> Callable[[Sequence[str]], np.ndarray]:
+    encode = resolve_embedding(name).encode
+    return lambda texts: _normalise(np.asarray(encode(list(texts)), dtype=np.float32))
+
+
+class LivePool:
+    """Reviewed node calls, embedded incrementally, selected by similarity weighted by recency.
+
+    Thread-safe: one lock covers a refresh and a selection.
+
+    Args:
+        source: Where the rows come from.
+        query_fields: The node's input fields whose values, joined, are embedded.
+        embedding: The embedding's name (``hash`` by default), used when ``embed`` is None.
+        embed: ``texts -> unit float32 vectors``; a compiled node passes its retrieval's, so
+            both pools share one space.
+        k: How many live demos a call gets at most.
+        order: ``nearest_last`` or ``nearest_first``.
+        half_life_days: Recency half-life; None or 0 turns the decay off.
+        clock: Seconds since the epoch (tests pass a fixed one).
+    """
+
+    def __init__(self, source: DemoSource, query_fields: Sequence[str], *, embedding: str = "hash",
+                 embed: Callable[[Sequence[str]], np.ndarray] | None = None, k: int = 4,
+                 order: str = "nearest_last", half_life_days: float | None = DEFAULT_HALF_LIFE_DAYS,
+                 clock: Callable[[], float] = time.time) -> None:
+        if k < 1:
+            raise ConfigError(f"a live demo pool needs k >= 1, got {k}")
+        if order not in ORDERS:
+            raise ConfigError(f"unknown demo order {order!r}: choose one of {', '.join(ORDERS)}")
+        if half_life_days is not None and not half_life_days >= 0:
+            raise ConfigError(f"half_life_days must be >= 0, got {half_life_days}")
+        self.source = source
+        self.query_fields = tuple(query_fields)
+        self.embedding = embedding
+        self._embed = embed or _embedder(embedding)
+        self.k, self.order, self.clock = int(k), order, clock
+        self.half_life_days = half_life_days or None
+        self._lock = threading.Lock()
+        self._cursor: Any = None
+        self._vectors = np.zeros((0, 0), dtype=np.float32)
+        self._times = np.zeros(0, dtype=np.float64)
+        self._alive = np.zeros(0, dtype=bool)
+        self._demos: list[dict[str, Any] | None] = []
+        self._ranks: list[int] = []
+        self._index: dict[str, int] = {}
+        self._size = 0
+        self.embedded = 0  # rows embedded since the pool was made: each row once
+
+    @classmethod
+    def for_node(cls, node: Any, source: DemoSource, **settings: Any) -> LivePool:
+        """A pool for ``node``: its retrieval's embedding, k and order when it has one."""
+        retrieval: Retrieval | None = getattr(node, "retrieval", None)
+        if retrieval is not None:
+            settings = {"embedding": retrieval.embedding, "embed": retrieval.embed, "k": retrieval.k,
+                        "order": retrieval.order, **settings}
+            return cls(source, retrieval.query_fields, **settings)
+        return cls(source, tuple(node.input_fields), **settings)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LivePool:
+        return self  # a runtime resource (a source, a lock): program copies share it
+
+    def __len__(self) -> int:
+        return int(self._alive[: self._size].sum())
+
+    def refresh(self) -> int:
+        """Takes in the rows added since the last refresh; returns how many were new."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> int:
+        rows, self._cursor = self.source.demos_since(self._cursor)
+        if not rows:
+            return 0
+        pending: dict[str, tuple[int, PoolRow]] = {}  # by key: a batch may hold several words on one call
+        for row in rows:
+            rank = _RANK.get(row.kind, 1)
+            held = pending[row.key][0] if row.key in pending else \
+                self._ranks[self._index[row.key]] if row.key in self._index else None
+            if held is not None and rank < held:
+                continue  # an approval (or its withdrawal) never overrides a correction of the same call
+            old = self._index.pop(row.key, None)
+            if old is not None:
+                self._alive[old] = False
+            pending.pop(row.key, None)
+            if row.demo is None or not any(row.demo.get(f) is not None for f in self.query_fields):
+                continue  # withdrawn, or nothing to match a query against
+            pending[row.key] = (rank, row)
+        fresh = list(pending.values())
+        if not fresh:
+            return 0
+        vectors = np.asarray(self._embed([query_text(r.demo or {}, self.query_fields) for _, r in fresh]),
+                             dtype=np.float32)
+        self._grow(len(fresh), vectors.shape[1])
+        start = self._size
+        self._vectors[start:start + len(fresh)] = vectors
+        for offset, (rank, row) in enumerate(fresh):
+            i = start + offset
+            self._times[i] = float(row.created_at)
+            self._alive[i] = True
+            self._demos[i] = dict(row.demo or {})
+            self._ranks[i] = rank
+            self._index[row.key] = i
+        self._size += len(fresh)
+        self.embedded += len(fresh)
+        return len(fresh)
+
+    def _grow(self, extra: int, dim: int) -> None:
+        """Room for ``extra`` more rows; capacity doubles, so appends are amortised O(1)."""
+        needed = self._size + extra
+        if self._vectors.shape[1] not in (0, dim):
+            raise ConfigError(f"the live pool's embedding changed dimension ({self._vectors.shape[1]} -> {dim})")
+        if needed <= len(self._vectors):
+            return
+        capacity = max(needed, 2 * len(self._vectors), 64)
+        vectors = np.zeros((capacity, dim), dtype=np.float32)
+        if self._size:
+            vectors[: self._size] = self._vectors[: self._size]
+        times = np.zeros(capacity, dtype=np.float64)
+        times[: self._size] = self._times[: self._size]
+        alive = np.zeros(capacity, dtype=bool)
+        alive[: self._size] = self._alive[: self._size]
+        self._vectors, self._times, self._alive = vectors, times, alive
+        self._demos.extend([None] * (capacity - len(self._demos)))
+        self._ranks.extend([0] * (capacity - len(self._ranks)))
+
+    def _scores(self, query: np.ndarray) -> np.ndarray:
+        n = self._size
+        scores = self._vectors[:n] @ query
+        if self.half_life_days:
+            age_days = np.maximum(self.clock() - self._times[:n], 0.0) / _DAY
+            scores = scores * np.exp2(-age_days / self.half_life_days)
+        return np.where(self._alive[:n], scores, -np.inf)
+
+    def nearest(self, query: np.ndarray, k: int | None = None) -> list[tuple[float, dict[str, Any]]]:
+        """``(weighted score, demo)`` of the best ``k`` live rows for a unit query vector, best first."""
+        with self._lock:
+            self._refresh()
+            return self._nearest(np.asarray(query, dtype=np.float32).reshape(-1), k or self.k)
+
+    def _nearest(self, query: np.ndarray, k: int) -> list[tuple[float, dict[str, Any]]]:
+        alive = len(self)
+        if not alive:
+            return []
+        scores = self._scores(query)
+        k = min(k, alive)
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        ranked = top[np.lexsort((top, -scores[top]))]  # ties broken by arrival, never by the partition
+        return [(float(scores[i]), dict(self._demos[i] or {})) for i in ranked if np.isfinite(scores[i])]
+
+    def select(self, inputs: Mapping[str, Any], *, base: Retrieval | None = None,
+               fixed: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """The demos for one call with ``inputs``.
+
+        Args:
+            inputs: The call's input values.
+            base: The node's compiled retrieval pool: its best rows compete with the live ones
+                for the ``k`` places (same embedding).
+            fixed: The node's fixed demos (no retrieval): they come first, the live demos after.
+        """
+        text = query_text(inputs, self.query_fields)
+        query = np.asarray(self._embed([text]), dtype=np.float32)[0]
+        with self._lock:
+            self._refresh()
+            live = self._nearest(query, self.k)
+        if base is not None:
+            # A trainset row that is also a reviewed call (--trainset store:approved) counts once: live.
+            reviewed = {query_text(demo, self.query_fields) for _, demo in live}
+            scored = [(float(base.vectors[i] @ query), dict(base.demos[i])) for i in base.nearest(query)
+                      if query_text(base.demos[i], self.query_fields) not in reviewed] + live
+            scored.sort(key=lambda pair: -pair[0])  # stable: a tie keeps the trainset row first
+            demos = [demo for _, demo in scored[: base.k]]
+        else:
+            demos = [demo for _, demo in live]
+        if self.order == "nearest_last":
+            demos.reverse()
+        return [*(() if base is not None else fixed), *demos]
+
