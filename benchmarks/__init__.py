@@ -18,6 +18,7 @@ BENCHMARKS = {
     "cache": "benchmarks.cache",
     "local-lm": "benchmarks.local_lm",
     "quality": "benchmarks.quality",
+    "recording": "benchmarks.recording",
 }
 
 

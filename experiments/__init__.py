@@ -5,6 +5,7 @@ from experiments.datasets import Dataset, load_dataset, split_dataset
 from experiments.evaluate import EvalReport, ExampleResult, LMUsage, evaluate_program, lm_usage
 from experiments.evaluate_run import EvaluateOptions, evaluate_pipeline
 from experiments.lm import LMConfig, make_lm
+from experiments.recording import Recorder
 from experiments.runs import list_runs
 from experiments.tracking import RunTracker
 
@@ -16,6 +17,7 @@ __all__ = [
     "ExampleResult",
     "LMConfig",
     "LMUsage",
+    "Recorder",
     "RunTracker",
     "compile_pipeline",
     "evaluate_pipeline",

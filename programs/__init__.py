@@ -3,6 +3,7 @@
 This package imports neither mlflow, duckdb nor llama_cpp; heavy dependencies load where used.
 """
 
+from programs.demo_pool import DemoSource, LivePool, PoolRow
 from programs.errors import (
     BudgetExhaustedError,
     ConfigError,
@@ -27,12 +28,15 @@ __all__ = [
     "CodeGen",
     "ConfigError",
     "DatasetError",
+    "DemoSource",
     "InputRejectedError",
     "LMError",
+    "LivePool",
     "Node",
     "PipecError",
     "Pipeline",
     "PipelineError",
+    "PoolRow",
     "Retrieval",
     "StoreBusyError",
     "StoreError",

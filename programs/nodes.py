@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import dspy
 
+from programs.demo_pool import LivePool
 from programs.errors import PipelineError
 from programs.retrieval import Retrieval
 
@@ -67,10 +68,14 @@ class Node(dspy.Predict):
     Attributes:
         retrieval: When set (by ``--optimizer knn``), each call takes its demos from this pool,
             the nearest to the call's inputs, instead of ``demos``; still one LM call.
+        live_pool: When set (at run time, by a recorder: ``programs.demo_pool``), reviewed node
+            calls from the flywheel store compete for the demos too, read incrementally before
+            each call. Not saved with the program.
     """
 
     kind: ClassVar[str] = "node"
     retrieval: Retrieval | None
+    live_pool: LivePool | None = None
 
     def __init__(self, signature: type[dspy.Signature], *, rules: Mapping[str, Any] | None = None,
                  validators: Iterable[Callable[..., Any]] = (), **config: Any):
@@ -92,7 +97,11 @@ class Node(dspy.Predict):
         return await super().aforward(**self._retrieve(kwargs))
 
     def _retrieve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if self.retrieval is None or "demos" in kwargs:  # demos passed by the caller win
+        if "demos" in kwargs:  # demos passed by the caller win
+            return kwargs
+        if self.live_pool is not None:
+            return {**kwargs, "demos": self.live_pool.select(kwargs, base=self.retrieval, fixed=self.demos)}
+        if self.retrieval is None:
             return kwargs
         return {**kwargs, "demos": self.retrieval.select(kwargs)}
 

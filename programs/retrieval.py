@@ -46,11 +46,13 @@ import numpy as np
 
 from programs.errors import ConfigError, PipelineError
 
-__all__ = ["EMBEDDINGS", "ORDERS", "Embedding", "Retrieval", "embedding_available", "hashed_ngrams",
+__all__ = ["EMBEDDINGS", "ORDERS", "POOLS", "Embedding", "Retrieval", "embedding_available", "hashed_ngrams",
            "minilm", "query_text", "resolve_embedding"]
 
 ORDERS = ("nearest_last", "nearest_first")
 """Demo orders: ``nearest_last`` puts the most similar demo right before the query."""
+POOLS = ("trainset", "store")
+"""Where a node's demos come from: the compiled pool only, or live from the flywheel store too."""
 
 HASH_DIM = 512  # enough buckets for short texts (more gave no better neighbours on Banking77), small to scan
 _WORD = re.compile(r"\w+")
@@ -208,6 +210,9 @@ class Retrieval:
         label_field: The output field whose value is a demo's label (classifier nodes).
         max_per_label: At most this many demos of one label per call (None: no cap); needs
             ``label_field``.
+        pool: ``trainset`` (the pool is what was compiled in), or ``store``: at run time the
+            node also draws demos from the flywheel store's reviewed calls, read live
+            (``programs.demo_pool``; ``pipec run`` and ``experiments.recording.Recorder`` attach it).
     """
 
     demos: tuple[dict[str, Any], ...]
@@ -219,12 +224,15 @@ class Retrieval:
     order: str = "nearest_last"
     label_field: str | None = None
     max_per_label: int | None = None
+    pool: str = "trainset"
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ConfigError(f"k must be at least 1, got {self.k}")
         if self.order not in ORDERS:
             raise ConfigError(f"unknown demo order {self.order!r}: choose one of {', '.join(ORDERS)}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"unknown retrieval pool {self.pool!r}: choose one of {', '.join(POOLS)}")
         if self.max_per_label is not None and (self.max_per_label < 1 or self.label_field is None):
             raise ConfigError("max_per_label must be at least 1 and applies to classifier nodes only")
         if len(self.demos) != len(self.vectors):
@@ -239,7 +247,7 @@ class Retrieval:
             demos: The pool entries, dicts of field values.
             query_fields: The input fields that make up the text to embed.
             embedding: An embedding name (see the module docstring).
-            **settings: ``k``, ``order``, ``label_field``, ``max_per_label``.
+            **settings: ``k``, ``order``, ``label_field``, ``max_per_label``, ``pool``.
 
         Raises:
             PipelineError: An empty pool.
@@ -261,7 +269,7 @@ class Retrieval:
         return cls(demos, query_fields, vectors, embedding, weights, **settings)
 
     def with_settings(self, **settings: Any) -> Retrieval:
-        """A copy with other ``k``/``order``/``max_per_label``, sharing the pool and its vectors."""
+        """A copy with other ``k``/``order``/``max_per_label``/``pool``, sharing the pool and its vectors."""
         return dataclasses.replace(self, **settings)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -312,7 +320,7 @@ class Retrieval:
         """A JSON-able state: settings, the pool, and its vectors as float16 base64."""
         return {
             "embedding": self.embedding, "k": self.k, "order": self.order, "label_field": self.label_field,
-            "max_per_label": self.max_per_label, "query_fields": list(self.query_fields),
+            "max_per_label": self.max_per_label, "pool": self.pool, "query_fields": list(self.query_fields),
             "demos": [dict(d) for d in self.demos], "shape": list(self.vectors.shape),
             "vectors": _pack(self.vectors),
             "weights": None if self.weights is None else _pack(self.weights),
@@ -331,7 +339,8 @@ class Retrieval:
             weights = None if state.get("weights") is None else _unpack(state["weights"], (shape[1],))
             return cls(tuple(dict(d) for d in state["demos"]), tuple(state["query_fields"]), vectors,
                        state["embedding"], weights, k=int(state["k"]), order=state["order"],
-                       label_field=state.get("label_field"), max_per_label=state.get("max_per_label"))
+                       label_field=state.get("label_field"), max_per_label=state.get("max_per_label"),
+                       pool=state.get("pool") or "trainset")
         except (KeyError, TypeError, ValueError) as exc:
             raise PipelineError(f"the saved retrieval state is damaged ({type(exc).__name__}: {exc}); "
                                 "compile the program again") from exc
