@@ -3,7 +3,7 @@ execution), input guards, classifier statistics, and the pipeline metric."""
 
 from metrics.classification import ClassificationReport, classification_report, confusion_matrix
 from metrics.guards import Guarded, GuardReport, Guards, InputLanguage, MaxLength, NoPII, NoPromptInjection, NotEmpty
-from metrics.judge import LLMJudge, judge_examples
+from metrics.judge import JudgeDemoSource, LLMJudge, judge_examples, rubric_id
 from metrics.language import detect_language
 from metrics.pipeline_metric import PipelineMetric
 from metrics.sql_checks import SqlResultMatch, analyze_sql
@@ -20,6 +20,7 @@ __all__ = [
     "Guarded",
     "Guards",
     "InputLanguage",
+    "JudgeDemoSource",
     "LLMJudge",
     "LabelMatch",
     "Language",
@@ -38,5 +39,6 @@ __all__ = [
     "confusion_matrix",
     "detect_language",
     "judge_examples",
+    "rubric_id",
     "validators_for",
 ]

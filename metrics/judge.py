@@ -7,12 +7,17 @@ Two modes:
 - ``score``: ``{score: 0..1, comment}``; the output passes when ``score >= pass_score``.
 - ``binary``: ``{passed: bool, reason}``; the score is 1 or 0.
 
-A malformed answer (unparseable, out of range, an empty comment) or a failing judge LM is
-retried ``retries`` times, each time with the reason of the rejection added to the prompt (which
-also keeps DSPy's cache from replaying the same answer). When every attempt fails the output is
-**not graded**: the verdict is :meth:`Verdict.abstain` with ``details["judge_failures"] = 1``.
-It is left out of the node's and the pipeline's mean (neither a silent 0 nor a silent 1), it
-does not pass (bootstrapping will not take it as a demo), and evaluations count it.
+A malformed answer (unparseable, out of range, an empty comment) is retried ``retries`` times,
+each time with the reason of the rejection added to the prompt (which also keeps DSPy's cache
+from replaying the same answer). When every attempt fails the output is **not graded**: the
+verdict is :meth:`Verdict.abstain` with ``details["judge_failures"] = 1``. It is left out of the
+node's and the pipeline's mean (neither a silent 0 nor a silent 1), it does not pass
+(bootstrapping will not take it as a demo), and evaluations count it.
+
+A judge LM that fails is not a malformed answer. A configuration error (no key, unknown model,
+unreachable server: ``LMConfigError``) is raised: nothing can be graded until it is fixed. Any
+other LM failure (after the LM's own retries with backoff) makes the output not graded with
+``details["lm_errors"] = 1``: counted as an LM error, never a score.
 
 Example:
     >>> judge = LLMJudge("The reply apologises and gives a date.", lm=judge_lm)  # doctest: +SKIP
@@ -22,19 +27,25 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import dspy
 import pydantic
+from dspy.utils.exceptions import LMError as DSPyLMError
 
 from metrics.verdict import Verdict
-from programs.errors import PipelineError
+from programs.errors import LMConfigError, LMError, PipelineError
 from programs.nodes import Node
 
-__all__ = ["JUDGE_MODES", "BinaryJudgement", "LLMJudge", "ScoreJudgement", "judge_examples"]
+__all__ = ["JUDGE_MODES", "BinaryJudgement", "JudgeDemoSource", "LLMJudge", "ScoreJudgement", "judge_examples",
+           "rubric_id"]
+
+logger = logging.getLogger(__name__)
 
 JUDGE_MODES = ("score", "binary")
 # A bound on the comment keeps a small judge model from rambling to its token limit (constrained
@@ -61,6 +72,26 @@ class BinaryJudgement(pydantic.BaseModel):
 _ANSWERS: dict[str, type[pydantic.BaseModel]] = {"score": ScoreJudgement, "binary": BinaryJudgement}
 _INSTRUCTIONS = ("You are a strict reviewer. Grade the candidate output of a writing step against the rubric, "
                  "comparing it with the reference output when one is given. Say specifically what to change.")
+
+
+def rubric_id(rubric: str) -> str:
+    """The validator name of the judge with this rubric (``judge:`` + 10 hex digits of its
+    sha256): how the store's verdicts and human labels name the rubric they answer."""
+    return "judge:" + hashlib.sha256(str(rubric).strip().encode("utf-8")).hexdigest()[:10]
+
+
+@runtime_checkable
+class JudgeDemoSource(Protocol):
+    """Where a judge's few-shot demos come from per call (human-labelled examples, for one).
+
+    ``judge_demos`` returns at most ``k`` rows in :func:`judge_examples`' format, best first.
+    The judge calls it once per grading; a source that raises or returns nothing leaves the
+    judge with its fixed demos. ``experiments.alignment.LabelledJudgeDemos`` implements it over
+    the store's human labels; the judge itself never knows the store.
+    """
+
+    def judge_demos(self, *, validator: str, rubric: str, task_inputs: str, candidate: str,
+                    k: int) -> Sequence[Mapping[str, Any]]: ...
 
 
 def _signature(mode: str) -> type[dspy.Signature]:
@@ -157,12 +188,20 @@ class LLMJudge:
         adapter: The adapter for the judge LM; the one in force if None.
         mode: ``score`` (0..1 with a comment) or ``binary`` (pass/fail with a reason).
         examples: Few-shot demos (see :func:`judge_examples`), or rows/a JSONL path to build them.
-        retries: Further attempts after a malformed answer or a failing judge LM.
+        retries: Further attempts after a malformed answer (a failing judge LM is retried by the LM
+            itself; see the module docstring).
         pass_score: In score mode, the lowest score that passes.
+        demo_source: Chooses the demos per call (a :class:`JudgeDemoSource`); its demos replace
+            the fixed ``examples`` for that call when it returns any.
+        demo_k: How many demos to ask the source for.
+
+    Attributes:
+        name: The rubric's validator name (:func:`rubric_id`).
     """
 
     def __init__(self, rubric: str, *, lm: Any = None, adapter: Any = None, mode: str = "score",
-                 examples: Iterable[Any] | str | Path = (), retries: int = 2, pass_score: float = 0.5) -> None:
+                 examples: Iterable[Any] | str | Path = (), retries: int = 2, pass_score: float = 0.5,
+                 demo_source: JudgeDemoSource | None = None, demo_k: int = 4) -> None:
         if not str(rubric).strip():
             raise PipelineError("the judge's rubric is empty; say what a good output does")
         if mode not in JUDGE_MODES:
@@ -173,6 +212,8 @@ class LLMJudge:
             raise PipelineError(f"judge pass score must be in [0, 1], got {pass_score!r}")
         self.rubric, self.mode, self.retries, self.pass_score = str(rubric), mode, retries, float(pass_score)
         self.lm, self.adapter = lm, adapter
+        self.name = rubric_id(self.rubric)
+        self.demo_source, self.demo_k = demo_source, demo_k
         self.predict = dspy.Predict(_signature(mode))
         if not isinstance(examples, str | Path):
             examples = list(examples)
@@ -183,17 +224,31 @@ class LLMJudge:
     def __repr__(self) -> str:
         return f"LLMJudge(mode={self.mode!r}, rubric={self.rubric[:40]!r}, demos={len(self.predict.demos)})"
 
-    def _ask(self, inputs: dict[str, str], lm: Any) -> pydantic.BaseModel:
+    def _demos(self, inputs: Mapping[str, str]) -> list[dspy.Example] | None:
+        """This call's demos from the demo source, or None for the fixed ones."""
+        if self.demo_source is None:
+            return None
+        try:
+            rows = self.demo_source.judge_demos(validator=self.name, rubric=self.rubric,
+                                                task_inputs=inputs["task_inputs"], candidate=inputs["candidate"],
+                                                k=self.demo_k)
+            return judge_examples(rows, rubric=self.rubric, mode=self.mode) or None
+        except Exception as exc:  # a failing source must not stop grading: the fixed demos stand in
+            logger.warning("judge %s: the demo source failed (%s: %s); using the fixed demos",
+                           self.name, type(exc).__name__, exc)
+            return None
+
+    def _ask(self, inputs: dict[str, str], lm: Any, demos: list[dspy.Example] | None = None) -> pydantic.BaseModel:
         settings: dict[str, Any] = {"lm": lm, "trace": []}  # a fresh trace: the judge is not a pipeline step
         if self.adapter is not None:
             settings["adapter"] = self.adapter
         with dspy.context(**settings):
-            answer = self.predict(**inputs).judgement
+            answer = (self.predict(**inputs) if demos is None else self.predict(**inputs, demos=demos)).judgement
         model = _ANSWERS[self.mode]
         return model.model_validate(answer.model_dump() if isinstance(answer, pydantic.BaseModel) else answer)
 
     def _verdict(self, answer: pydantic.BaseModel, attempts: int) -> Verdict:
-        details = {"judge_attempts": attempts}
+        details: dict[str, Any] = {"judge_attempts": attempts, "judge": self.name}
         if isinstance(answer, BinaryJudgement):
             details.update(judge_passed=answer.passed, judge_comment=answer.reason)
             if answer.passed:
@@ -205,22 +260,31 @@ class LLMJudge:
         return Verdict(answer.score, passed, feedback, details)
 
     def __call__(self, output: Any, *, gold: Any = None, example: Any = None, prediction: Any = None,
-                 node: Node | None = None, **_: Any) -> Verdict:
+                 node: Node | None = None, task_inputs: str | None = None, **_: Any) -> Verdict:
+        """Grades ``output``; ``task_inputs`` (``name: value`` lines) overrides the inputs read from
+        ``node``, ``example`` and ``prediction`` (a stored node call is graded on its own inputs)."""
         lm = self.lm or dspy.settings.lm
         if lm is None:
             return Verdict.abstain("the judge could not grade this output: no judge LM is configured.",
                                    judge_failures=1, judge_errors=["no LM"])
-        inputs = {"rubric": self.rubric, "task_inputs": _task_inputs(node, example, prediction),
+        inputs = {"rubric": self.rubric,
+                  "task_inputs": task_inputs if task_inputs is not None else _task_inputs(node, example, prediction),
                   "candidate": "" if output is None else str(output),
                   "reference": "(none)" if gold in (None, "") else str(gold)}
+        demos = self._demos(inputs)
         errors: list[str] = []
         for attempt in range(1, self.retries + 2):
             if errors:  # say what was wrong; a changed prompt also misses DSPy's cache
                 inputs["rubric"] = (f"{self.rubric}\n\n(Your previous answer was rejected: {errors[-1]}. Answer "
                                     "again with every field filled in and valid.)")
             try:
-                return self._verdict(self._ask(inputs, lm), attempt)
-            except Exception as exc:  # a malformed answer or a failing judge LM: retried, then abstained
+                return self._verdict(self._ask(inputs, lm, demos), attempt)
+            except LMConfigError:
+                raise  # a key, model or server to fix: no output can be graded
+            except (LMError, DSPyLMError) as exc:  # the judge LM did not answer (after its own retries)
+                return Verdict.abstain(f"not graded: the judge LM did not answer ({_reason(exc)}).",
+                                       lm_errors=1, judge_errors=[*errors, _reason(exc)])
+            except Exception as exc:  # a malformed answer: asked again, then abstained
                 errors.append(_reason(exc))
         return Verdict.abstain(f"the judge could not grade this output after {len(errors)} attempts "
                                f"(last: {errors[-1]}).", judge_failures=1, judge_errors=errors)

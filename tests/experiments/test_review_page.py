@@ -1,0 +1,218 @@
+"""The review page in a real headless browser (Debian's chromium driven by Playwright) over a real
+store: the queue order, labelling with the keyboard, comments, corrections, Japanese text."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from experiments.review_page import make_server
+from experiments.store import Store
+from tests.experiments.review_seed import seed_store
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("PIPEC_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "test-artifacts")
+REVIEWER = "花子 Hanako"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no browser at {CHROMIUM}: apt-get install -y chromium fonts-noto-cjk (.ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    path = tmp_path / "store.duckdb"
+    seeded = seed_store(path)
+    server = make_server(lambda read_only: Store.open(path, read_only=read_only), port=0, reviewer=REVIEWER,
+                         reviewer_fixed=True, store_label=str(path))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, seeded
+    server.shutdown()
+    server.server_close()
+
+
+def _query(path: Path, sql: str, params: list | None = None) -> list[dict]:
+    with Store.open(path, read_only=True) as store:
+        return store.query(sql, params or [])
+
+
+def _open(browser, server):
+    page = browser.new_page(locale="ja-JP", viewport={"width": 1400, "height": 1000})
+    page.goto(server.url + "/")
+    page.wait_for_selector("section.item")
+    return page
+
+
+def _save(page, key: str) -> None:
+    from playwright.sync_api import expect
+
+    page.locator("body").click(position={"x": 5, "y": 5})  # leave any text box: the shortcuts apply
+    with page.expect_navigation():  # saving reloads the item with the new label shown
+        page.keyboard.press(key)
+    expect(page.locator("#status")).to_contain_text("Saved:")
+
+
+def test_disagreements_come_first_then_the_lowest_scores(browser, served):
+    server, seeded = served
+    page = _open(browser, server)
+    queue = page.locator("#queue a").evaluate_all("links => links.map(a => a.dataset.trace)")
+    assert set(queue[:3]) == set(seeded.disagreements)
+    assert queue[3] == "t09"  # unreviewed, the judge failed it (score 0); the rest score 1, newest first
+    assert queue[4:] == ["t08", "t06", "t04", "t02"]
+    assert not set(queue) & set(seeded.agreed)  # reviewed and agreed: not in the open queue
+    item = page.locator("section.item")
+    assert item.get_attribute("data-trace") == queue[0]
+    reply = page.locator("article.call[data-node='reply']")
+    assert "judge ≠ human" in reply.inner_text()
+    assert "focus" in (reply.get_attribute("class") or "")  # the label goes to the disagreeing call
+
+
+def test_reviewing_five_items_stores_exactly_those_labels_and_corrections(browser, served):
+    from playwright.sync_api import expect
+
+    server, seeded = served
+    started = datetime.now(UTC)
+    page = _open(browser, server)
+    japanese = "返信が丁寧ではありません。まず謝罪し、具体的な日付を伝えてください。"
+    # (key, comment, node to label, corrected node -> text)
+    plan = [
+        ("f", japanese, "reply", {"reply": "ご不便をおかけして大変申し訳ございません。商品は明日お届けします。"}),
+        ("p", "", "reply", {}),
+        ("f", "the category is wrong, so the reply is too", "reply", {"classify": "account"}),
+        ("p", "fine", "reply", {}),
+        ("p", "", "classify", {}),
+    ]
+    reviewed = []
+    for number, (key, comment, node, corrections) in enumerate(plan):
+        trace_id = page.locator("section.item").get_attribute("data-trace")
+        reviewed.append(trace_id)
+        page.locator(f"article.call[data-node='{node}'] h3").click()
+        for corrected, text in corrections.items():
+            card = page.locator(f"article.call[data-node='{corrected}']")
+            card.locator("summary").click()
+            card.locator("textarea.correction").fill(text)
+        if comment:
+            page.locator("#comment").fill(comment)
+        if number == 1:  # typing a 'p' or an 'f' in a text box is text, not a shortcut
+            page.locator("#comment").press_sequentially("pf")
+            expect(page.locator("#status")).not_to_contain_text("Saved")
+            page.locator("#comment").fill("")
+        _save(page, key)
+        if number == 0:
+            expect(page.locator("article.call[data-node='reply']")).to_contain_text(japanese)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shot = ARTIFACTS / "review-page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"screenshot: {shot}")
+        with page.expect_navigation():
+            page.keyboard.press("n")
+        assert page.locator("section.item").get_attribute("data-trace") != trace_id
+    finished = datetime.now(UTC)
+
+    assert len(set(reviewed)) == 5
+    labels = _query(seeded.path, "SELECT * FROM labels WHERE reviewer = ? ORDER BY created_at", [REVIEWER])
+    assert [(r["trace_id"], r["node"], r["passed"], r["comment"]) for r in labels] == [
+        (t, node, key == "p", comment or None) for t, (key, comment, node, _) in zip(reviewed, plan, strict=True)]
+    assert all(r["call_id"].startswith(r["trace_id"] + "/") for r in labels)
+    assert all(started <= r["created_at"] <= finished for r in labels)
+    judged = {r["trace_id"]: r["validator"] for r in labels}
+    assert judged[reviewed[0]] == seeded.judge and judged[reviewed[4]] is None  # classify has no judge
+    corrections = _query(seeded.path, "SELECT * FROM corrections ORDER BY created_at")
+    assert [(r["trace_id"], r["node"], r["reviewer"], r["outputs"]) for r in corrections] == [
+        (reviewed[0], "reply", REVIEWER, {"reply": plan[0][3]["reply"]}),
+        (reviewed[2], "classify", REVIEWER, {"category": "account"}),
+    ]
+    assert all(started <= r["created_at"] <= finished for r in corrections)
+    # Only what the reviewer did was written: the seeded labels are untouched.
+    assert len(_query(seeded.path, "SELECT * FROM labels WHERE reviewer <> ?", [REVIEWER])) == 5
+
+
+def test_the_page_shows_the_whole_trace_with_japanese_intact(browser, served):
+    server, _ = served
+    page = browser.new_page(locale="ja-JP")
+    page.goto(f"{server.url}/item/t01?status=all")
+    text = page.locator("section.item").inner_text()
+    for expected in ("注文した商品がまだ届きません", "ご不便をおかけして申し訳ありません。明日お届けします。",
+                     "丁寧さが足りません", "classify", "reply", "label_match", "judge:"):
+        assert expected in text
+    cards = page.locator("article.call").evaluate_all("cards => cards.map(c => c.dataset.node)")
+    assert cards == ["classify", "reply"]
+    assert "first-failure" in (page.locator("article.call[data-node='reply']").get_attribute("class") or "")
+
+
+def test_filters_narrow_the_queue(browser, served):
+    server, _ = served
+    page = browser.new_page()
+    page.goto(f"{server.url}/?status=all&until=2026-11-19")
+    assert "Nothing to review" in page.locator("body").inner_text()
+    page.goto(f"{server.url}/?status=all&pipeline=triage&node=reply&since=2026-11-20")
+    assert page.locator("#queue a").count() == 10
+
+
+def _post(server, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("POST", "/api/review", body=body, headers={"Host": f"127.0.0.1:{port}", **headers})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read().decode("utf-8"))
+
+
+def test_bad_reviews_and_foreign_writes_are_refused_and_nothing_is_written(served):
+    server, seeded = served
+    ok = {"Content-Type": "application/json"}
+    review = {"trace_id": "t02", "call_id": "t02/1", "reviewer": "x", "passed": True}
+    assert _post(server, b"{not json", ok)[0] == 400
+    status, answer = _post(server, json.dumps({**review, "passed": "yes"}).encode(), ok)
+    assert status == 400 and "'passed'" in answer["error"]
+    status, answer = _post(server, json.dumps({**review, "call_id": "t03/1"}).encode(), ok)
+    assert status == 400 and "not part of trace" in answer["error"]
+    status, answer = _post(server, json.dumps(review).encode(), {**ok, "Origin": "http://evil.example"})
+    assert status == 403
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("GET", "/", headers={"Host": f"rebound.example:{port}"})
+    assert conn.getresponse().status == 421
+    assert _query(seeded.path, "SELECT count(*) AS n FROM labels")[0]["n"] == 5  # only the seeded ones
+
+
+_HOLDER = """
+import sys
+from experiments.store import Store
+with Store.open(sys.argv[1]):
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_busy_store_is_reported_and_the_review_saves_once_it_is_free(served, monkeypatch):
+    server, seeded = served
+    monkeypatch.setenv("PIPEC_STORE_WAIT", "0.2")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(seeded.path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        review = json.dumps({"trace_id": "t02", "call_id": "t02/1", "reviewer": "x", "passed": True}).encode()
+        status, answer = _post(server, review, {"Content-Type": "application/json"})
+        assert status == 503 and "busy" in answer["error"]
+    finally:
+        holder.communicate("\n", timeout=60)
+    status, answer = _post(server, review, {"Content-Type": "application/json"})
+    assert status == 200 and answer["label_id"]
