@@ -209,7 +209,14 @@ def _m002_views(con: Any) -> None:
 
 # Append new migrations here (issue 10: the per-rubric judge agreement view with accuracy and
 # Cohen's kappa over judge_human_pairs goes in as migration 3).
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_m001_tables, _m002_views)
+def _m003_judge_agreement(con: Any) -> None:
+    """Issue 10: per judge rubric and day, accuracy and Cohen's kappa against the latest human label."""
+    from experiments.alignment import JUDGE_AGREEMENT_SQL
+
+    con.execute(f"CREATE OR REPLACE VIEW judge_agreement AS {JUDGE_AGREEMENT_SQL}")
+
+
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (_m001_tables, _m002_views, _m003_judge_agreement)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -880,6 +887,8 @@ def store_dataset_rows(spec: str, pipeline: Any, *, store: str | os.PathLike | N
 # per-rubric judge agreement view (accuracy, Cohen's kappa) here, after its migration.
 STATS_VIEWS: tuple[tuple[str, str, str, int | None], ...] = (
     ("pass_rate_daily", "Pass rate per node per day", "*", None),
+    ("judge_agreement", "Judge rubrics vs humans: accuracy and Cohen's kappa (day empty: all time)",
+     "validator, day, n, accuracy, kappa, judge_pass_rate, human_pass_rate", None),
     ("error_accumulation", "Error accumulation: where failing traces first went wrong", "*", None),
     ("node_latency", "Latency (s) and tokens per node call",
      "node, calls, errors, p50_seconds, p95_seconds, mean_seconds, p50_prompt_tokens, p95_prompt_tokens, "
