@@ -7,7 +7,16 @@
     │   ├── ConfigError           an unknown optimizer, --param, LM spec or setting
     │   └── StoreError            a flywheel store that is missing, not a store, or from a newer pipec
     │       └── StoreBusyError    another process holds the store file
-    ├── LMError                   a language model failed to answer
+    ├── LMError                   a language model failed to answer (experiments.lm_errors maps every
+    │   │                         provider/DSPy/engine failure into this branch)
+    │   ├── LMConfigError         a setting is wrong: fix it and run again (also a UserError: exit 2)
+    │   │   ├── LMAuthError       no API key, or the key was rejected
+    │   │   ├── LMNotFoundError   unknown provider or model
+    │   │   └── LMUnreachableError  the provider or --api-base cannot be reached
+    │   ├── LMBadRequestError     the provider refused this request (context length, bad parameter)
+    │   ├── LMRateLimitError      rate limited or out of quota (transient: retried with backoff)
+    │   ├── LMTimeoutError        timed out or the connection dropped (transient: retried)
+    │   └── LMServerError         the provider failed (5xx; transient: retried)
     ├── InputRejectedError        an input guard blocked a pipeline input
     ├── BudgetExhaustedError           an optimizer ran out of its LM-call budget
     └── TrackingError             MLflow or the store failed (telemetry: warned, not raised to users)
@@ -22,7 +31,15 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "InputRejectedError",
+    "LMAuthError",
+    "LMBadRequestError",
+    "LMConfigError",
     "LMError",
+    "LMNotFoundError",
+    "LMRateLimitError",
+    "LMServerError",
+    "LMTimeoutError",
+    "LMUnreachableError",
     "PipecError",
     "PipelineError",
     "StoreBusyError",
@@ -79,7 +96,75 @@ class StoreBusyError(StoreError):
 
 
 class LMError(PipecError):
-    """A language model failed to answer (not found, not loadable, provider error)."""
+    """A language model failed to answer (not found, not loadable, provider error).
+
+    Args:
+        message: One line: the model, what failed, what to do.
+        model: The model string (as the user gave it), when known.
+        flag: The option that chose the model (``--lm``, ``--judge-lm``), when known.
+
+    Attributes:
+        reason: A short stable name of the failure (``auth``, ``not_found``...), for tags.
+        transient: Whether the same call may succeed if tried again later.
+    """
+
+    reason = "lm_error"
+    transient = False
+
+    def __init__(self, message: str, *, model: str | None = None, flag: str | None = None):
+        self.model, self.flag = model, flag
+        super().__init__(message)
+
+
+class LMConfigError(LMError, UserError):
+    """The LM cannot answer until a setting is fixed (key, model name, --api-base): exit 2."""
+
+    reason = "lm_config"
+
+
+class LMAuthError(LMConfigError):
+    """No API key is set, or the provider rejected the one given."""
+
+    reason = "lm_auth"
+
+
+class LMNotFoundError(LMConfigError):
+    """The provider or the model is unknown."""
+
+    reason = "lm_not_found"
+
+
+class LMUnreachableError(LMConfigError):
+    """The provider or the ``--api-base`` server cannot be reached (refused, no such host)."""
+
+    reason = "lm_unreachable"
+
+
+class LMBadRequestError(LMError):
+    """The provider refused this request (the prompt exceeds the context window, a bad parameter)."""
+
+    reason = "lm_bad_request"
+
+
+class LMRateLimitError(LMError):
+    """The provider rate-limited the request or the quota ran out."""
+
+    reason = "lm_rate_limit"
+    transient = True
+
+
+class LMTimeoutError(LMError):
+    """The request timed out or the connection dropped."""
+
+    reason = "lm_timeout"
+    transient = True
+
+
+class LMServerError(LMError):
+    """The provider failed while answering (HTTP 5xx)."""
+
+    reason = "lm_server"
+    transient = True
 
 
 class InputRejectedError(PipecError):

@@ -8,7 +8,7 @@ import pytest
 from metrics.judge import LLMJudge, judge_examples
 from metrics.pipeline_metric import PipelineMetric
 from programs import Pipeline, Writer
-from programs.errors import PipelineError
+from programs.errors import LMAuthError, PipelineError
 from tests.fakes import _text, fake_lm
 
 RUBRIC = "The reply apologises and gives a delivery date."
@@ -71,7 +71,6 @@ def test_a_malformed_answer_is_retried_with_the_reason():
     {"judgement": {"score": 0.5, "comment": ""}},
     {"judgement": "not an object"},
     {"verdict": "wrong field"},
-    RuntimeError("judge provider down"),
 ])
 def test_a_judge_that_never_answers_well_is_a_judge_failure(bad):
     judge_lm, engine = scripted(bad)
@@ -80,6 +79,33 @@ def test_a_judge_that_never_answers_well_is_a_judge_failure(bad):
     assert not verdict.counted and not verdict.passed and verdict.details["judge_failures"] == 1
     assert verdict.feedback.startswith("the judge could not grade this output after 3 attempts (last: ")
     assert len(verdict.details["judge_errors"]) == 3
+
+
+def test_a_judge_lm_that_does_not_answer_is_an_lm_error_not_a_score():
+    from dspy import lm15
+
+    judge_lm, engine = scripted(lm15.ServerError("upstream unavailable", status=503))
+    judge_lm.lm.num_retries = 0  # the LM's own retries (with backoff) are DSPy's; not this test's subject
+    verdict = LLMJudge(RUBRIC, lm=judge_lm.lm, adapter=judge_lm.adapter, retries=2)("Sorry!")
+    assert len(engine.requests) == 1  # not re-asked as if the answer were malformed
+    assert not verdict.counted and not verdict.passed and verdict.details["lm_errors"] == 1
+    assert "judge_failures" not in verdict.details
+    assert verdict.feedback.startswith("not graded: the judge LM did not answer (")
+
+
+def test_a_judge_lm_misconfigured_raises_one_line():
+    from dspy import lm15
+
+    from experiments.lm import PipecLM
+    from tests.fakes import ScriptedEngine
+
+    def respond(fields, inputs):
+        raise lm15.AuthError("invalid api key", status=401)
+
+    lm = PipecLM("openai/judge", spec="openai/judge", flag="--judge-lm", engine=ScriptedEngine(respond),
+                 cache=False, num_retries=0)
+    with pytest.raises(LMAuthError, match=r"^--judge-lm openai/judge: the API key was rejected \(HTTP 401\)"):
+        LLMJudge(RUBRIC, lm=lm, adapter=dspy.JSONAdapter())("Sorry!")
 
 
 def test_binary_mode():
