@@ -6,6 +6,7 @@ from experiments.evaluate import EvalReport, ExampleResult, LMUsage, evaluate_pr
 from experiments.evaluate_run import EvaluateOptions, evaluate_pipeline
 from experiments.lm import LMConfig, make_lm
 from experiments.recording import Recorder
+from experiments.runner import Trace, program_version, run_traced
 from experiments.runs import list_runs
 from experiments.tracking import RunTracker
 
@@ -19,6 +20,7 @@ __all__ = [
     "LMUsage",
     "Recorder",
     "RunTracker",
+    "Trace",
     "compile_pipeline",
     "evaluate_pipeline",
     "evaluate_program",
@@ -26,6 +28,8 @@ __all__ = [
     "lm_usage",
     "load_dataset",
     "make_lm",
+    "program_version",
     "render_prompts",
+    "run_traced",
     "split_dataset",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -12,10 +13,12 @@ from typing import Any
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
+from experiments.runner import Trace, program_version, run_traced
 from metrics.pipeline_metric import PipelineMetric
 from metrics.verdict import Verdict
+from programs.errors import LMError, UserError
 
-__all__ = ["EvalReport", "ExampleResult", "LMUsage", "evaluate_program", "lm_usage"]
+__all__ = ["EvalReport", "ExampleResult", "LMUsage", "evaluate_program", "lm_error_budget", "lm_usage"]
 
 
 @dataclass
@@ -80,7 +83,17 @@ def lm_usage() -> Iterator[LMUsage]:
 
 @dataclass
 class ExampleResult:
-    """One example's outcome."""
+    """One example's outcome.
+
+    Attributes:
+        index: The example's position in the evaluated list.
+        prediction: What the program returned (None when it raised).
+        verdicts: One Verdict per node, for what each node produced.
+        score: The weighted mean of the counted node scores.
+        error: ``"TypeName: message"`` when the program raised.
+        seconds: Wall time.
+        trace: The run's trace: every node call, the error and its kind.
+    """
 
     index: int
     prediction: Any
@@ -88,11 +101,32 @@ class ExampleResult:
     score: float
     error: str | None = None
     seconds: float = 0.0
+    trace: Trace | None = None
+
+    def node_output(self, node: str) -> Any:
+        """What ``node`` produced on this example (its last call's output), None if it was not
+        called or failed."""
+        calls = [c for c in (self.trace.calls if self.trace is not None else ()) if c.node == node]
+        return calls[-1].output if calls else None
+
+    @property
+    def lm_error(self) -> bool:
+        """The LM did not answer: the example is an error, not a score."""
+        return self.trace is not None and self.trace.error_kind == "lm"
+
+    @property
+    def counted(self) -> bool:
+        """Whether the example's score counts in the mean: the LM answered and some node was judged."""
+        return not self.lm_error and any(v.counted for v in self.verdicts.values())
 
 
 @dataclass
 class EvalReport:
-    """An evaluation: the mean score, the mean per node, and every example's verdicts."""
+    """An evaluation: the mean score, the mean per node, and every example's verdicts.
+
+    Examples whose LM did not answer (``lm_errors``) and examples no check could judge are left
+    out of every mean; they are counted, never scored 0.
+    """
 
     results: list[ExampleResult]
     usage: LMUsage = field(default_factory=LMUsage)
@@ -100,7 +134,8 @@ class EvalReport:
 
     @property
     def score(self) -> float:
-        return sum(r.score for r in self.results) / len(self.results) if self.results else 0.0
+        counted = [r.score for r in self.results if r.counted]
+        return sum(counted) / len(counted) if counted else 0.0
 
     @property
     def nodes(self) -> dict[str, float]:
@@ -109,7 +144,8 @@ class EvalReport:
             return {}
         means = {}
         for name in self.results[0].verdicts:
-            scores = [r.verdicts[name].score for r in self.results if r.verdicts[name].counted]
+            scores = [r.verdicts[name].score for r in self.results
+                      if not r.lm_error and r.verdicts[name].counted]
             means[name] = sum(scores) / len(scores) if scores else 0.0
         return means
 
@@ -120,41 +156,83 @@ class EvalReport:
 
     @property
     def errors(self) -> int:
+        """Examples whose program raised (LM failures included)."""
         return sum(r.error is not None for r in self.results)
+
+    @property
+    def lm_errors(self) -> int:
+        """Examples where an LM did not answer, the task LM's or a judge's: left out of the score."""
+        judged = sum(int(v.details.get("lm_errors", 0)) > 0 and not r.lm_error
+                     for r in self.results for v in r.verdicts.values())
+        return sum(r.lm_error for r in self.results) + judged
+
+    @property
+    def scored(self) -> int:
+        """Examples whose score counts in the mean."""
+        return sum(r.counted for r in self.results)
 
     def metrics(self, stage: str) -> dict[str, float]:
         """The summary's figures as MLflow metrics named ``<stage>.<figure>`` and ``<stage>.node.<n>.score``."""
         summary = self.summary()
-        figures = {f"{stage}.{k}": summary[k] for k in ("score", "lm_calls", "tokens", "errors", "seconds")}
+        keys = ("score", "lm_calls", "tokens", "errors", "lm_errors", "scored", "seconds")
+        figures = {f"{stage}.{k}": summary[k] for k in keys}
         return {**figures, **{f"{stage}.node.{n}.score": s for n, s in summary["nodes"].items()}}
 
     def summary(self) -> dict[str, Any]:
         """The figures that go to the CLI's JSON and to MLflow."""
-        return {"score": self.score, "nodes": self.nodes, "examples": len(self.results), "errors": self.errors,
-                "judge_failures": self.judge_failures, "lm_calls": self.usage.calls, "tokens": self.usage.tokens,
-                "seconds": self.seconds}
+        return {"score": self.score, "nodes": self.nodes, "examples": len(self.results), "scored": self.scored,
+                "errors": self.errors, "lm_errors": self.lm_errors, "judge_failures": self.judge_failures,
+                "lm_calls": self.usage.calls, "tokens": self.usage.tokens, "seconds": self.seconds}
+
+
+def lm_error_budget(examples: int) -> int:
+    """How many examples may fail for the LM (after its retries) before an evaluation stops:
+    10% of them, at least 2. Past it the LM is down, not flaky, and the run fails."""
+    return max(2, math.ceil(0.1 * examples))
 
 
 def evaluate_program(program: dspy.Module, examples: Sequence[dspy.Example], metric: PipelineMetric, *,
-                     threads: int = 1, progress: bool = True) -> EvalReport:
-    """Runs ``program`` on every example and judges each node.
+                     threads: int = 1, progress: bool = True, max_lm_errors: int | None = None,
+                     pipeline_name: str = "") -> EvalReport:
+    """Runs ``program`` on every example and judges what each node produced.
 
-    A program that raises on an example scores 0 on it with the error as feedback; evaluation
-    goes on.
+    A program that raises on an example scores 0 on it with the error as feedback, and the
+    evaluation goes on, unless the LM did not answer: that example is an LM error, left out of
+    the score. An LM configuration error (no key, unknown model) stops the evaluation at once;
+    more LM errors than ``max_lm_errors`` (default :func:`lm_error_budget`) stop it too.
+
+    Raises:
+        LMError: The LM could not answer (a configuration error, or past the error budget).
     """
+    budget = lm_error_budget(len(examples)) if max_lm_errors is None else max_lm_errors
+    version = program_version(program)
+    stop = threading.Event()
+    lock = threading.Lock()
+    fatal: list[BaseException] = []
+    failures: list[str] = []
 
-    def run_one(item: tuple[int, dspy.Example]) -> ExampleResult:
+    def run_one(item: tuple[int, dspy.Example]) -> ExampleResult | None:
         index, example = item
-        start = time.perf_counter()
+        if stop.is_set():
+            return None
+        trace = run_traced(program, example.inputs(), pipeline_name=pipeline_name, version=version)
         try:
-            prediction, error = program(**example.inputs()), None
-        except Exception as exc:  # one failing example must not stop the evaluation
-            prediction, error = None, f"{type(exc).__name__}: {exc}"
-        seconds = time.perf_counter() - start
-        verdicts = metric.judge(example, prediction)
-        if error is not None:
-            verdicts = {n: Verdict.fail(f"the pipeline raised {error}") for n in verdicts}
-        return ExampleResult(index, prediction, verdicts, metric.score(verdicts), error, seconds)
+            verdicts = metric.judge_calls(example, trace.calls, failed=trace.prediction is None)
+        except UserError as exc:  # a judge LM that cannot answer for configuration reasons
+            with lock:
+                fatal.append(exc)
+            stop.set()
+            return None
+        if trace.error_kind == "lm":
+            with lock:
+                failures.append(trace.error or "")
+                if isinstance(trace.exception, UserError) or len(failures) > budget:
+                    fatal.append(trace.exception or LMError(trace.error or "the LM failed"))
+                    stop.set()
+        elif trace.error is not None:
+            verdicts = {n: Verdict.fail(f"the pipeline raised {trace.error}") for n in verdicts}
+        return ExampleResult(index, trace.prediction, verdicts, metric.score(verdicts), trace.error,
+                             trace.seconds, trace)
 
     from dspy.utils.parallelizer import ParallelExecutor
 
@@ -163,4 +241,10 @@ def evaluate_program(program: dspy.Module, examples: Sequence[dspy.Example], met
         executor = ParallelExecutor(num_threads=max(1, threads), disable_progress_bar=not progress,
                                     max_errors=len(examples) + 1)
         results = executor.execute(run_one, list(enumerate(examples)))
-    return EvalReport(results, usage, time.perf_counter() - start)
+    if fatal:
+        first = fatal[0]
+        if isinstance(first, UserError) or len(failures) <= budget:
+            raise first
+        raise LMError(f"{len(failures)} of the {len(examples)} examples got no answer from the LM (more than the "
+                      f"error budget of {budget}); the last: {failures[-1]}") from first
+    return EvalReport([r for r in results if r is not None], usage, time.perf_counter() - start)

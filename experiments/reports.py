@@ -51,8 +51,9 @@ def classifier_reports(pipeline: Pipeline, report: EvalReport,
             continue
         pairs = []
         for r in report.results:
-            predicted = r.prediction.get(node.output_field) if r.prediction is not None else None
-            pairs.append((examples[r.index].get(field), predicted))
+            if r.lm_error:  # no answer is not a wrong label
+                continue
+            pairs.append((examples[r.index].get(field), r.node_output(name)))
         reports[name] = classification_report(pairs, node.labels)
     return reports
 
@@ -99,12 +100,11 @@ def verdict_table(pipeline: Pipeline, report: EvalReport, examples: Sequence[dsp
     ``passed``, ``counted``, ``feedback``, and the example's ``inputs`` (as JSON)."""
     columns: dict[str, list] = {k: [] for k in ("example", "example_id", "node", "output", "score", "passed",
                                                 "counted", "feedback", "inputs")}
-    fields = {name: node.output_field for name, node in pipeline.nodes().items()}
     for r in report.results:
         example = examples[r.index]
         inputs = json.dumps(dict(example.inputs().items()), ensure_ascii=False, default=str)
         for node, verdict in r.verdicts.items():
-            output = r.prediction.get(fields.get(node, node)) if r.prediction is not None else None
+            output = r.node_output(node)
             columns["example"].append(r.index)
             columns["example_id"].append(str(example.get("id", r.index)))
             columns["node"].append(node)

@@ -52,9 +52,12 @@ class Verdict:
         return cls(0.0, False, feedback, dict(details), counted=False)
 
 
+_SUMMED = ("judge_failures", "lm_errors")  # counts that add up when checks are combined
+
+
 def combine(verdicts: Iterable[Verdict]) -> Verdict:
     """Combines the checks of one node: the mean score of the counted checks, passed only when
-    all passed, feedback joined, ``judge_failures`` summed. Uncounted when no check counted."""
+    all passed, feedback joined, ``judge_failures`` and ``lm_errors`` summed. Uncounted when no check counted."""
     verdicts = list(verdicts)
     if not verdicts:
         return Verdict.ok()
@@ -62,10 +65,10 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
     score = sum(v.score for v in counted) / len(counted) if counted else 0.0
     feedback = " ".join(v.feedback for v in verdicts if v.feedback)
     details: dict[str, Any] = {}
-    failures = 0
+    sums = dict.fromkeys(_SUMMED, 0)
     for v in verdicts:
         details.update(v.details)
-        failures += int(v.details.get("judge_failures", 0))
-    if failures:
-        details["judge_failures"] = failures
+        for key in _SUMMED:
+            sums[key] += int(v.details.get(key, 0))
+    details.update({key: n for key, n in sums.items() if n})
     return Verdict(score, all(v.passed for v in verdicts), feedback, details, counted=bool(counted))

@@ -29,6 +29,7 @@ from programs.loader import load_pipeline_class, make_pipeline
 from programs.nodes import Classifier, CodeGen, Node, Writer
 from programs.pipeline import Pipeline
 from programs.retrieval import Retrieval
+from programs.trace import NodeCall, capture, node_calls
 
 __all__ = [
     "BudgetExhaustedError",
@@ -49,6 +50,7 @@ __all__ = [
     "LMUnreachableError",
     "LivePool",
     "Node",
+    "NodeCall",
     "PipecError",
     "Pipeline",
     "PipelineError",
@@ -59,6 +61,8 @@ __all__ = [
     "TrackingError",
     "UserError",
     "Writer",
+    "capture",
     "load_pipeline_class",
     "make_pipeline",
+    "node_calls",
 ]

@@ -21,6 +21,7 @@ import dspy
 from programs.demo_pool import LivePool
 from programs.errors import PipelineError
 from programs.retrieval import Retrieval
+from programs.trace import record_node_call
 
 __all__ = ["Classifier", "CodeGen", "Node", "Writer"]
 
@@ -91,7 +92,10 @@ class Node(dspy.Predict):
         self.retrieval = None  # compiled state, like demos: a reset program starts without it
 
     def forward(self, **kwargs: Any) -> dspy.Prediction:
-        return super().forward(**self._retrieve(kwargs))
+        kwargs = self._retrieve(kwargs)
+        # Recorded as one node call (inputs, output, demos, latency, tokens, error) when a capture
+        # is in force (programs.trace); otherwise just the prediction.
+        return record_node_call(self, kwargs, lambda: super(Node, self).forward(**kwargs))
 
     async def aforward(self, **kwargs: Any) -> dspy.Prediction:
         return await super().aforward(**self._retrieve(kwargs))

@@ -21,12 +21,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import dspy
 
 from programs.errors import PipelineError
 from programs.nodes import Node
+from programs.trace import attach, capture
 
 __all__ = ["Pipeline"]
 
@@ -43,6 +44,14 @@ class Pipeline(dspy.Module):
     inputs: ClassVar[tuple[str, ...]] = ()
     gold: ClassVar[Mapping[str, str]] = {}
     weights: ClassVar[Mapping[str, float]] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the pipeline; the Prediction carries what each node produced
+        (``programs.trace.node_calls``), which validators judge instead of its fields."""
+        with capture(self) as calls:
+            prediction = super().__call__(*args, **kwargs)
+        attach(prediction, calls)
+        return prediction
 
     def nodes(self) -> dict[str, Node]:
         """The pipeline's nodes by name, in declaration order."""

@@ -63,10 +63,12 @@ class ScriptedEngine:
         pass
 
 
-def fake_lm(respond: Respond, *, cache: bool = False) -> tuple[LMConfig, ScriptedEngine]:
+def fake_lm(respond: Respond, *, cache: bool = False, num_retries: int | None = None
+            ) -> tuple[LMConfig, ScriptedEngine]:
     """An LMConfig around a ScriptedEngine, for ``CompileOptions(lm=...)`` or ``dspy.context``."""
     engine = ScriptedEngine(respond)
-    lm = dspy.LM("fake/scripted", engine=engine, cache=cache, temperature=0.0)
+    retries = {} if num_retries is None else {"num_retries": num_retries}
+    lm = dspy.LM("fake/scripted", engine=engine, cache=cache, temperature=0.0, **retries)
     return LMConfig(lm, dspy.JSONAdapter(), {"model": "fake/scripted", "temperature": 0.0}, None), engine
 
 

@@ -1,0 +1,47 @@
+import dspy
+
+from programs.builtin import Triage
+from programs.retrieval import Retrieval
+from programs.trace import calls_from_dspy_trace, capture, node_calls
+from tests.fakes import fake_lm, triage_respond
+
+
+def test_nothing_is_recorded_outside_a_capture():
+    lm, _ = fake_lm(triage_respond)
+    pipeline = Triage()
+    with dspy.context(lm=lm.lm, adapter=lm.adapter):
+        prediction = pipeline.classify(message="my parcel")
+    assert node_calls(prediction) is None
+
+
+def test_a_pipeline_call_carries_its_node_calls_and_leaves_no_trace_behind():
+    lm, _ = fake_lm(triage_respond)
+    with dspy.context(lm=lm.lm, adapter=lm.adapter):
+        prediction = Triage()(message="パスワードを忘れました password")
+    calls = node_calls(prediction)
+    assert [c.node for c in calls] == ["classify", "reply"] and calls[0].output == "account"
+    assert calls[0].inputs["message"] == "パスワードを忘れました password"  # Japanese intact
+
+
+def test_captures_nest_and_an_optimizers_trace_is_left_alone():
+    lm, _ = fake_lm(triage_respond)
+    pipeline = Triage()
+    with dspy.context(lm=lm.lm, adapter=lm.adapter, trace=[]):
+        with capture(pipeline) as outer:
+            pipeline(message="invoice question")
+        bootstrap_trace = dspy.settings.trace
+    assert [c.node for c in outer] == ["classify", "reply"]
+    assert [name for name, _ in [(calls_from_dspy_trace(pipeline, bootstrap_trace)[i].node, 0)
+                                 for i in range(2)]] == ["classify", "reply"]
+
+
+def test_retrieved_demos_are_recorded_per_call():
+    lm, _ = fake_lm(triage_respond)
+    pipeline = Triage()
+    pool = [{"message": "my parcel is late", "category": "shipping"},
+            {"message": "refund my order", "category": "refund"}]
+    pipeline.classify.retrieval = Retrieval.build(pool, query_fields=("message",), k=1)
+    with dspy.context(lm=lm.lm, adapter=lm.adapter), capture(pipeline) as calls:
+        pipeline(message="where is my parcel")
+    assert calls[0].demos == [{"message": "my parcel is late", "category": "shipping"}]
+    assert calls[1].demos == []
