@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from experiments.review_cli import judge as judge_group
+from experiments.review_cli import review_cmd
 from programs.errors import PipecError, UserError
 
 __all__ = ["cli", "main"]
@@ -338,6 +340,10 @@ def bench(name: str, as_json: bool) -> None:
     result = _run(lambda: run_benchmark(name))
     table = result.pop("table")
     click.echo(json.dumps({"benchmark": name, **result}, ensure_ascii=False, default=str) if as_json else table)
+
+
+cli.add_command(review_cmd)  # pipec review (experiments/review_cli.py)
+cli.add_command(judge_group)  # pipec judge align
 
 
 def main() -> None:

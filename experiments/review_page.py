@@ -315,7 +315,11 @@ class ReviewServer(ThreadingHTTPServer):
         self.lock = threading.Lock()  # one store connection at a time within this process
         port = self.server_address[1]
         host = address[0]
-        self.allowed_hosts = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", host, *allowed_hosts)}
+        # Bound to loopback, only loopback names may reach it (a DNS-rebinding page cannot); bound
+        # elsewhere (--allow-remote), the machine's names are not known here, so any Host is served.
+        self.allowed_hosts: set[str] | None = (
+            {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]", host, *allowed_hosts)}
+            if host in ("127.0.0.1", "localhost", "::1") else None)
 
     @property
     def url(self) -> str:
@@ -357,7 +361,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.SEE_OTHER, "", headers={"Location": location})
 
     def _host_ok(self) -> bool:
-        if self.headers.get("Host", "") not in self.server.allowed_hosts:
+        allowed = self.server.allowed_hosts
+        if allowed is not None and self.headers.get("Host", "") not in allowed:
             self._send(HTTPStatus.MISDIRECTED_REQUEST, "<p>Unknown Host header; open the address pipec review "
                                                        "printed.</p>")
             return False
@@ -441,7 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._host_ok():
             return
         origin = self.headers.get("Origin")
-        if origin and urlsplit(origin).netloc not in self.server.allowed_hosts:
+        if origin and urlsplit(origin).netloc != self.headers.get("Host", ""):  # same origin only
             self._json(HTTPStatus.FORBIDDEN, {"error": f"writes from {origin} are refused"})
             return
         if urlsplit(self.path).path != "/api/review":
