@@ -94,7 +94,7 @@ def _texts(n: int, rng: random.Random) -> list[tuple[str, str]]:
     from benchmarks.banking77 import dataset_dir
 
     with (dataset_dir() / "train.csv").open(encoding="utf-8", newline="") as handle:
-        rows = [(row["text"], row["label"]) for row in csv.DictReader(handle)]
+        rows = [(row["text"], row["category"]) for row in csv.DictReader(handle)]
     if n <= len(rows):
         return rng.sample(rows, n)
     extra = [rng.choice(rows) for _ in range(n - len(rows))]

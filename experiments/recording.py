@@ -56,7 +56,8 @@ from programs.errors import ConfigError, DatasetError, PipelineError
 from programs.nodes import Node
 from programs.pipeline import Pipeline
 
-__all__ = ["GUARDS", "Recorder", "RecorderStats", "StoreDemoSource", "parse_guards", "read_inputs"]
+__all__ = ["GUARDS", "Recorder", "RecorderStats", "ReviewCounter", "RunOptions", "StoreDemoSource", "parse_guards",
+           "read_inputs", "run_program", "run_rows", "trace_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,48 +117,71 @@ def _json_value(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+_COUNTS = "SELECT (SELECT count(*) FROM corrections) AS c, (SELECT count(*) FROM labels) AS l"
+
+
+class ReviewCounter:
+    """How many corrections and labels the store holds: the cheap "anything new?" check of the
+    live demo pools (``count(*)`` is read from DuckDB's table metadata).
+
+    A recorder checks once per call, before the program runs, and every node's pool reads that
+    value, so a call costs one small query however many nodes it has.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.counts: tuple[int, int] | None = None
+
+    def check(self) -> tuple[int, int]:
+        row = self.store.query(_COUNTS)[0]
+        self.counts = (int(row["c"]), int(row["l"]))
+        return self.counts
+
+    def current(self) -> tuple[int, int]:
+        return self.counts if self.counts is not None else self.check()
+
+
 class StoreDemoSource:
     """The reviewed calls of one node of one pipeline, as a ``programs.demo_pool.DemoSource``.
 
     A correction becomes a demo with its corrected output fields merged over what the node
     produced; a label that passed approves the call as it was, one that failed withdraws that
-    approval (never a correction). The cursor is the highest DuckDB ``rowid`` read from the
-    corrections and labels tables (both are append-only), so a check with nothing new is one
-    small query.
+    approval (never a correction). Both tables are append-only, so the cursor is their row counts:
+    the rows past it are the new ones (DuckDB numbers a table's rows from 0 in insertion order).
 
     Args:
         store: An open ``experiments.store.Store``.
         pipeline: The traces' pipeline (as recorded).
         node: The node's name.
+        counter: A shared ``ReviewCounter`` (a recorder's); by default each call checks itself.
     """
 
-    def __init__(self, store: Any, pipeline: str, node: str) -> None:
+    def __init__(self, store: Any, pipeline: str, node: str, counter: ReviewCounter | None = None) -> None:
         self.store, self.pipeline, self.node = store, pipeline, node
+        self.counter = counter
 
     def demos_since(self, cursor: Any) -> tuple[list[PoolRow], Any]:
-        seen = tuple(cursor) if cursor else (-1, -1)
-        top = self.store.query("SELECT coalesce((SELECT max(rowid) FROM corrections), -1) AS c, "
-                               "coalesce((SELECT max(rowid) FROM labels), -1) AS l")[0]
-        now = (int(top["c"]), int(top["l"]))
+        seen = tuple(cursor) if cursor else (0, 0)
+        now = self.counter.current() if self.counter is not None else ReviewCounter(self.store).check()
         if now == seen:
             return [], now
-        rows: list[tuple[int, int, PoolRow]] = []
-        if now[0] != seen[0]:
+        rows: list[tuple[float, int, PoolRow]] = []
+        if now[0] > seen[0]:
             for r in self.store.query(
-                    "SELECT k.rowid AS r, k.call_id, k.outputs AS corrected, k.created_at, c.inputs, c.outputs "
+                    "SELECT k.call_id, k.outputs AS corrected, k.created_at, c.inputs, c.outputs "
                     "FROM corrections k JOIN node_calls c ON c.call_id = k.call_id "
                     "JOIN traces t ON t.trace_id = c.trace_id "
-                    "WHERE k.rowid > ? AND k.rowid <= ? AND k.node = ? AND t.pipeline = ?",
+                    "WHERE k.rowid >= ? AND k.rowid < ? AND k.node = ? AND t.pipeline = ?",
                     [seen[0], now[0], self.node, self.pipeline]):
                 demo = {**(_json_value(r["inputs"]) or {}), **(_json_value(r["outputs"]) or {}),
                         **(_json_value(r["corrected"]) or {})}
                 rows.append((_epoch(r["created_at"]), 0, PoolRow(r["call_id"], demo, _epoch(r["created_at"]))))
-        if now[1] != seen[1]:
+        if now[1] > seen[1]:
             for r in self.store.query(
-                    "SELECT l.rowid AS r, l.call_id, l.passed, l.created_at, c.inputs, c.outputs "
+                    "SELECT l.call_id, l.passed, l.created_at, c.inputs, c.outputs "
                     "FROM labels l JOIN node_calls c ON c.call_id = l.call_id "
                     "JOIN traces t ON t.trace_id = c.trace_id "
-                    "WHERE l.rowid > ? AND l.rowid <= ? AND l.node = ? AND t.pipeline = ? AND l.passed IS NOT NULL "
+                    "WHERE l.rowid >= ? AND l.rowid < ? AND l.node = ? AND t.pipeline = ? AND l.passed IS NOT NULL "
                     "AND c.error IS NULL",
                     [seen[1], now[1], self.node, self.pipeline]):
                 demo = ({**(_json_value(r["inputs"]) or {}), **(_json_value(r["outputs"]) or {})}
@@ -398,6 +422,7 @@ class Recorder:
         metric = PipelineMetric(program, judge_lm=judge_lm)
         self.rules, judge_validators = _split_validators(metric)
         self.stats = RecorderStats()
+        self._gold_fields = set(program.gold.values()) - set(program.inputs)
         self._owns_store = not hasattr(store, "append_traces")
         self.store = Store.open(store) if self._owns_store else store
         self._writer = _Writer(self.store, self.stats, batch_rows=batch_rows, flush_seconds=flush_seconds,
@@ -406,11 +431,12 @@ class Recorder:
             if judges and judge_validators else None
         live = _uses_store_pool(program) if live_demos is None else live_demos
         self._attached: dict[str, Any] = {}
+        self._reviews = ReviewCounter(self.store) if live else None
         if live:
             for name, node in program.nodes().items():
                 self._attached[name] = node.live_pool
-                node.live_pool = LivePool.for_node(node, StoreDemoSource(self.store, self.pipeline, name),
-                                                   half_life_days=half_life_days)
+                source = StoreDemoSource(self.store, self.pipeline, name, self._reviews)
+                node.live_pool = LivePool.for_node(node, source, half_life_days=half_life_days)
         self._writer.start()
         if self._judges is not None:
             self._judges.start()
@@ -430,8 +456,12 @@ class Recorder:
         """
         if self._closed:
             raise ConfigError("this Recorder is closed; open a new one")
-        gold_fields = set(self.program.gold.values()) - set(self.program.inputs)
-        gold = {k: inputs.pop(k) for k in list(inputs) if k in gold_fields}
+        gold = {k: inputs.pop(k) for k in list(inputs) if k in self._gold_fields}
+        if self._reviews is not None:
+            try:
+                self._reviews.check()  # once per call: every node's live pool reads this count
+            except Exception as exc:  # the store is telemetry: its failure costs the live demos only
+                logger.warning("pipec: reading the store for live demos failed (%s: %s)", type(exc).__name__, exc)
         trace = run_traced(self.program, inputs, pipeline_name=self.pipeline, guards=self.guards,
                            version=self.version)
         self.stats.calls += 1

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,8 @@ __all__ = ["DEFAULT_HALF_LIFE_DAYS", "DemoSource", "ListSource", "LivePool", "Po
 
 DEFAULT_HALF_LIFE_DAYS = 30.0
 """A reviewed row this many days old weighs half as much as one reviewed now."""
+
+logger = logging.getLogger(__name__)
 
 _RANK = {"correction": 2, "approved": 1}  # a correction wins over an approval of the same call
 _DAY = 86_400.0
@@ -145,6 +148,7 @@ class LivePool:
         self._index: dict[str, int] = {}
         self._size = 0
         self.embedded = 0  # rows embedded since the pool was made: each row once
+        self._warned = False
 
     @classmethod
     def for_node(cls, node: Any, source: DemoSource, **settings: Any) -> LivePool:
@@ -168,7 +172,15 @@ class LivePool:
             return self._refresh()
 
     def _refresh(self) -> int:
-        rows, self._cursor = self.source.demos_since(self._cursor)
+        try:
+            rows, cursor = self.source.demos_since(self._cursor)
+        except Exception as exc:  # the pool helps a call; a source that fails must not fail the call
+            if not self._warned:
+                logger.warning("live demo pool: its source failed (%s: %s); the node keeps the demos it has",
+                               type(exc).__name__, exc)
+                self._warned = True
+            return 0
+        self._cursor = cursor
         if not rows:
             return 0
         pending: dict[str, tuple[int, PoolRow]] = {}  # by key: a batch may hold several words on one call

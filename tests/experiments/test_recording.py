@@ -201,8 +201,8 @@ def test_a_failing_store_is_one_warning_and_never_breaks_the_caller(tmp_path, ca
     lm, _ = fake_lm(triage_respond)
     store = Store.open(tmp_path / "s.duckdb")
     with dspy.context(lm=lm.lm, adapter=lm.adapter), caplog.at_level(logging.WARNING):
-        rec = Recorder(Triage(), store=store)
-        store.close()  # the store goes away under the recorder
+        rec = Recorder(Triage(), store=store, live_demos=True)
+        store.close()  # the store goes away under the recorder: no records, no live demos, same answers
         predictions = [rec(message=f"my parcel {i}") for i in range(3)]
         stats = rec.close()
     assert [p.category for p in predictions] == ["shipping"] * 3

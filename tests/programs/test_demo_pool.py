@@ -115,6 +115,19 @@ def test_a_node_with_a_live_pool_shows_the_live_demos_in_its_call_and_prompt():
     assert copy.deepcopy(node).live_pool is node.live_pool  # a runtime resource, shared by copies
 
 
+class BrokenSource:
+    def demos_since(self, cursor):
+        raise OSError("the store went away")
+
+
+def test_a_failing_source_never_fails_the_call(caplog):
+    pool = LivePool(BrokenSource(), ("text",), clock=lambda: NOW)
+    assert pool.select({"text": "hello"}) == []
+    assert pool.select({"text": "hello"}, fixed=["fixed"]) == ["fixed"]
+    assert [r.getMessage() for r in caplog.records].count(
+        "live demo pool: its source failed (OSError: the store went away); the node keeps the demos it has") == 1
+
+
 def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="k >= 1"):
         LivePool(ListSource(), ("text",), k=0)
