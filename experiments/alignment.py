@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -176,8 +177,12 @@ def labelled_examples(store: Any, validator: str) -> list[LabelledExample]:
     return out
 
 
+_FIELD_NAME = re.compile(r"^\w+: ", re.M)
+
+
 def _trigrams(text: str) -> Counter[str]:
-    text = " ".join(text.lower().split())
+    # The values only: the field names are the same in every example and would make all look alike.
+    text = " ".join(_FIELD_NAME.sub("", text).lower().split())
     return Counter(text[i:i + 3] for i in range(max(1, len(text) - 2)))
 
 
