@@ -216,3 +216,52 @@ def test_a_busy_store_is_reported_and_the_review_saves_once_it_is_free(served, m
         holder.communicate("\n", timeout=60)
     status, answer = _post(server, review, {"Content-Type": "application/json"})
     assert status == 200 and answer["label_id"]
+
+
+def test_a_correction_made_in_the_browser_is_a_demo_for_the_next_pipec_run(browser, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from playwright.sync_api import expect
+
+    from experiments import recording
+    from experiments.cli import cli
+    from tests.fakes import fake_lm, triage_respond
+
+    lm, _ = fake_lm(triage_respond)
+    real = recording.make_lm
+    monkeypatch.setattr(recording, "make_lm", lambda spec=None, **kw: lm if spec == "scripted" else real(spec, **kw))
+    path = tmp_path / "store.duckdb"
+    tricky = "My card was charged but the parcel never came (order 17)"  # the scripted LM says billing
+    messages = [tricky, "注文18の荷物がまだ届きません", "I cannot log in to my account number 19"]
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"message": m}, ensure_ascii=False) + "\n" for m in messages), "utf-8")
+
+    def run(path_in):
+        result = CliRunner().invoke(cli, ["run", "triage", "--input", str(path_in), "--store", str(path), "--lm",
+                                          "scripted", "--live-demos", "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+    first = run(inputs)
+    assert first[0]["outputs"]["category"] == "billing"
+    server = make_server(lambda read_only: Store.open(path, read_only=read_only), port=0, reviewer=REVIEWER,
+                         reviewer_fixed=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        page.goto(f"{server.url}/item/{first[0]['trace_id']}")
+        card = page.locator("article.call[data-node='classify']")
+        card.locator("h3").click()
+        card.locator("summary").click()
+        card.locator("textarea.correction").fill("shipping")
+        page.locator("#comment").fill("荷物が届いていないので shipping です")
+        _save(page, "f")
+        expect(card).to_contain_text("corrected")
+    finally:
+        server.shutdown()
+        server.server_close()
+    near = tmp_path / "next.jsonl"
+    near.write_text(json.dumps({"message": "My card was charged but the parcel never came (order 18)!"}) + "\n",
+                    "utf-8")
+    (record,) = run(near)
+    demos = record["calls"][0]["demos"]
+    assert demos and demos[-1] == {"message": tricky, "category": "shipping"}  # the nearest: the correction
