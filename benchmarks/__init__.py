@@ -19,6 +19,7 @@ BENCHMARKS = {
     "local-lm": "benchmarks.local_lm",
     "quality": "benchmarks.quality",
     "recording": "benchmarks.recording",
+    "store": "benchmarks.store",
 }
 
 

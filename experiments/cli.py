@@ -15,7 +15,7 @@ import click
 
 from experiments.review_cli import judge as judge_group
 from experiments.review_cli import review_cmd
-from programs.errors import PipecError, UserError
+from programs.errors import PipecError, StoreError, UserError
 
 __all__ = ["cli", "main"]
 
@@ -82,10 +82,16 @@ def _run(fn: Callable[[], Any]) -> Any:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             return fn()
+    except StoreError as exc:  # one line, exit 2: the store is busy, missing or from a newer pipec
+        raise _StoreProblem(str(exc)) from exc
     except UserError as exc:
         raise click.UsageError(str(exc)) from exc
     except PipecError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+class _StoreProblem(click.ClickException):
+    exit_code = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -120,8 +126,10 @@ _JUDGE_LM_HELP = ("The LM of the writers' LLM judges (nodes with a 'rubric' rule
 
 @cli.command("compile")
 @click.argument("pipeline")
-@click.option("--trainset", type=click.Path(dir_okay=False), help="JSONL or CSV trainset. Optional for a "
-              "built-in pipeline (its bundled dataset is used).")
+@click.option("--trainset", type=click.Path(dir_okay=False), help="JSONL or CSV trainset, or store:[FILTERS] "
+              "for the flywheel store's traces of this pipeline (store:approved, store:node=NAME, "
+              "store:pipeline=NAME; as pipec export writes them). Optional for a built-in pipeline (its bundled "
+              "dataset is used).")
 @click.option("--valset", type=click.Path(dir_okay=False), help="JSONL or CSV valset. Default: a seeded split "
               "of the trainset (60/40).")
 @click.option("--optimizer", "-o", required=True, help="Optimizer name. " + "See `pipec optimizers`.")
@@ -139,10 +147,13 @@ _JUDGE_LM_HELP = ("The LM of the writers' LLM judges (nodes with a 'rubric' rule
               help="MLflow experiment name.")
 @click.option("--no-cache", is_flag=True, help="Bypass DSPy's LM response cache.")
 @click.option("--judge-lm", envvar="PIPEC_JUDGE_LM", default=None, help=_JUDGE_LM_HELP)
+@click.option("--store", envvar="PIPEC_STORE", help="The flywheel store a store: trainset reads. Default: "
+              "$PIPEC_STORE, else $PIPEC_HOME/store.duckdb.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimizer: str, params: tuple[str, ...],
                 lm: str | None, api_base: str | None, seed: int, out: str | None, threads: int | None,
-                experiment: str, no_cache: bool, judge_lm: str | None, as_json: bool) -> None:
+                experiment: str, no_cache: bool, judge_lm: str | None, as_json: bool,
+                store: str | None = None) -> None:
     """Compile PIPELINE (a built-in name such as triage or sql, or path/to/file.py:ClassName).
 
     Evaluates the pipeline on the valset, compiles it with the optimizer on the trainset,
@@ -152,7 +163,8 @@ def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimiz
 
     opts = CompileOptions(pipeline=pipeline, optimizer=optimizer, trainset=trainset, valset=valset,
                           params=params, lm=lm, api_base=api_base, seed=seed, out=out, threads=threads,
-                          experiment=experiment, progress=True, cache=not no_cache, judge_lm=judge_lm)
+                          experiment=experiment, progress=True, cache=not no_cache, judge_lm=judge_lm,
+                          store=store)
     result = _run(lambda: compile_pipeline(opts, say=_say))
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
@@ -329,7 +341,7 @@ def ui(host: str, port: int) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench(name: str, as_json: bool) -> None:
-    """Run benchmark NAME: overhead, parallel, cache, local-lm or quality.
+    """Run benchmark NAME: overhead, parallel, cache, local-lm, quality or store.
 
     Writes benchmarks/results/NAME.json (figures, date, machine, versions) and NAME.md (the table).
     """
@@ -340,6 +352,106 @@ def bench(name: str, as_json: bool) -> None:
     result = _run(lambda: run_benchmark(name))
     table = result.pop("table")
     click.echo(json.dumps({"benchmark": name, **result}, ensure_ascii=False, default=str) if as_json else table)
+
+
+cli.add_command(review_cmd)  # pipec review (experiments/review_cli.py)
+cli.add_command(judge_group)  # pipec judge align
+
+
+_STORE_HELP = "The flywheel store (DuckDB file). Default: $PIPEC_STORE, else $PIPEC_HOME/store.duckdb."
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+@cli.command("stats")
+@click.option("--store", envvar="PIPEC_STORE", help=_STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the store's row counts and each "
+              "view's rows.")
+def stats(store: str | None, as_json: bool) -> None:
+    """Show what the flywheel store says about the recorded calls.
+
+    \b
+    Views (SQL inside the store; `duckdb STORE "SELECT * FROM node_latency"` reads them too):
+      pass_rate_daily            pass rate per node per day, per verdict source
+      error_accumulation         per node: calls that failed, and traces whose first failure it was
+      node_latency               p50/p95/mean seconds and tokens per node call
+      judge_human_agreement      judge verdicts vs human labels on the same call and validator
+      judge_human_disagreements  the latest of those that disagree
+
+    Opens the store read-only; a process writing to it makes this wait briefly, then exit 2.
+    """
+    from experiments.store import STATS_VIEWS, Store, store_stats
+
+    def read() -> dict[str, Any]:
+        with Store.open(store, read_only=True) as opened:
+            return store_stats(opened)
+
+    found = _run(read)
+    if as_json:
+        click.echo(json.dumps(found, ensure_ascii=False, default=str))
+        return
+    from rich.table import Table
+
+    console = _console()
+    state = found["store"]
+    console.print(f"Store {state['path']} (schema v{state['schema_version']}): {state['traces']} traces, "
+                  f"{state['node_calls']} node calls, {state['verdicts']} verdicts, {state['labels']} labels, "
+                  f"{state['corrections']} corrections")
+    for view, title, _, _ in STATS_VIEWS:
+        rows = found[view]
+        if not rows:
+            console.print(f"[bold]{title}[/bold] [dim]({view}): no rows yet[/dim]")
+            continue
+        table = Table(title=f"{title} ({view})", title_justify="left")
+        for column in rows[0]:
+            table.add_column(column, justify="right" if isinstance(rows[0][column], int | float) else "left",
+                             overflow="fold")
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row.values()))
+        console.print(table)
+
+
+@cli.command("export")
+@click.option("--store", envvar="PIPEC_STORE", help=_STORE_HELP)
+@click.option("--approved", is_flag=True, help="Only traces a human approved (a passing label) or corrected, for "
+              "--node, else for every node with a gold field.")
+@click.option("--node", help="Only traces with a call of node NAME (with --approved: an approved call).")
+@click.option("--pipeline", help="Only traces of pipeline P (as recorded: triage, sql, path/to/file.py:Class); "
+              "its declaration names the input and gold fields.")
+def export_cmd(store: str | None, approved: bool, node: str | None, pipeline: str | None) -> None:
+    """Write the store's traces as a trainset: one JSON line per trace on stdout.
+
+    Each line holds the pipeline's input fields and, per node, its gold field: the corrected output
+    when a human corrected the call, else the approved output, else (without --approved) what the
+    node produced when no check failed on it. Lines load with `pipec compile --trainset FILE`;
+    `--trainset store:approved,node=NAME` reads the same rows without a file.
+
+    \b
+      pipec export --approved --pipeline triage > trainset.jsonl
+      pipec compile triage -o bootstrap --trainset trainset.jsonl
+    """
+    from experiments.store import Store, StoreFilter, export_rows
+
+    def read() -> list[dict[str, Any]]:
+        declared = None
+        if pipeline:
+            from programs.loader import make_pipeline
+
+            declared = make_pipeline(pipeline)
+        with Store.open(store, read_only=True) as opened:
+            return export_rows(opened, StoreFilter(approved=approved, node=node, pipeline=pipeline),
+                               pipeline=declared)
+
+    rows = _run(read)
+    click.echo("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows), nl=False)
+    _say(f"exported {len(rows)} trace(s)" + ("" if rows else ": none matched (try without --approved, or "
+                                                           "label and correct calls first)"))
 
 
 cli.add_command(review_cmd)  # pipec review (experiments/review_cli.py)

@@ -61,6 +61,7 @@ class CompileOptions:
     cache: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
     judge_lm: str | LMConfig | None = None  # the writers' LLM judges; the task LM if None
+    store: str | None = None  # the flywheel store a store: trainset reads; $PIPEC_STORE or $PIPEC_HOME if None
 
 
 def versions() -> dict[str, str]:
@@ -142,8 +143,8 @@ def _plan(opts: CompileOptions) -> _Plan:
         if opts.pipeline not in BUILTINS:
             raise DatasetError("--trainset is required for a pipeline that is not built in")
         train_path = str(builtin_dataset(opts.pipeline))
-    trainset = load_dataset(train_path, pipeline)
-    valset = load_dataset(opts.valset, pipeline) if opts.valset else None
+    trainset = load_dataset(train_path, pipeline, store=opts.store, pipeline_name=opts.pipeline)
+    valset = load_dataset(opts.valset, pipeline, store=opts.store, pipeline_name=opts.pipeline) if opts.valset else None
     if valset is None:
         train, val = split_dataset(trainset.examples, seed=opts.seed)
         val_source = f"split of the trainset (seed {opts.seed}): {len(train)} train / {len(val)} val"
@@ -182,6 +183,9 @@ def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
     }
     if plan.valset is not None:
         params["valset"].update({"path": plan.valset.path, "sha256": plan.valset.digest})
+    for name, dataset in (("trainset", plan.trainset), ("valset", plan.valset)):
+        if dataset is not None and dataset.provenance:  # store rows: which ones, and the store's state
+            params[name]["store"] = dataset.provenance
     params.update(code_version())
     if ":" in opts.pipeline:
         params.update({f"pipeline_file.{k}": v for k, v in code_version(opts.pipeline.rsplit(":", 1)[0]).items()})

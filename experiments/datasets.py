@@ -8,7 +8,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class Dataset:
     examples: tuple[dspy.Example, ...]
     lines: tuple[int, ...]
     digest: str
+    provenance: dict[str, Any] = field(default_factory=dict)  # a store: trainset: what was read (MLflow params)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -96,16 +97,29 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         raise DatasetError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=str(path)) from exc
 
 
-def load_dataset(path: str | Path, pipeline: Pipeline) -> Dataset:
+def load_dataset(path: str | Path, pipeline: Pipeline, *, store: str | Path | None = None,
+                 pipeline_name: str | None = None) -> Dataset:
     """Loads ``path`` and checks every row against ``pipeline``.
 
     Each row must hold the pipeline's input fields and gold fields, non-empty, and a classifier's
     gold label must be in its label set.
 
+    ``path`` may also be ``store:`` with filters (``store:approved``, ``store:node=classify``,
+    ``store:pipeline=triage``, comma-separated): the rows ``pipec export`` would write from the
+    flywheel store ``store`` (default ``$PIPEC_STORE``, else ``$PIPEC_HOME/store.duckdb``), of the
+    traces of ``pipeline_name`` unless the spec names a pipeline. ``Dataset.path`` is then
+    ``STORE_FILE#store:...`` and ``Dataset.provenance`` says what was read.
+
     Raises:
         DatasetError: Naming the file, line and field of the first problem.
     """
-    rows = read_rows(path)
+    provenance: dict[str, Any] = {}
+    if str(path).startswith("store:"):
+        from experiments.store import store_dataset_rows
+
+        rows, provenance = store_dataset_rows(str(path), pipeline, store=store, default_pipeline=pipeline_name)
+    else:
+        rows = read_rows(path)
     if not rows:
         raise DatasetError("the file holds no examples", path=str(path))
     required = pipeline.required_fields()
@@ -126,7 +140,10 @@ def load_dataset(path: str | Path, pipeline: Pipeline) -> Dataset:
         examples.append(dspy.Example(**row).with_inputs(*pipeline.inputs))
     canonical = json.dumps([row for _, row in rows], sort_keys=True, ensure_ascii=False, default=str)
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    return Dataset(str(path), tuple(examples), tuple(line for line, _ in rows), digest)
+    # A store's rows are named STORE_FILE#store:FILTERS: one string that says which rows of which file
+    # (and a source MLflow can record).
+    name = f"{provenance['state.path']}#{path}" if provenance else str(path)
+    return Dataset(name, tuple(examples), tuple(line for line, _ in rows), digest, provenance)
 
 
 def split_dataset(examples: Sequence[dspy.Example], *, seed: int, val_fraction: float = 0.4

@@ -503,7 +503,8 @@ class Store:
                                  for n, kind in ((n, _JSON_COLUMNS.get((table, n))) for n in names))
             con.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {selected} FROM {view}")
         finally:
-            con.unregister(view)
+            with contextlib.suppress(Exception):  # a failed insert aborted the transaction; the caller rolls back
+                con.unregister(view)
 
     def append_traces(self, traces: Sequence[Any], verdicts: Mapping[str, Mapping[str, Any]] | None = None, *,
                       mlflow_run_id: str | None = None, source: str = "run", program: str | None = None,
@@ -763,7 +764,7 @@ def export_rows(store: Store, filt: StoreFilter | None = None, *, pipeline: Any 
 
     A node's gold value is its corrected output when a human corrected it, else its approved
     output; without ``filt.approved``, a node nobody reviewed contributes what it produced when
-    it did not fail (no error, no failed verdict). A trace is left out when a gold field has no
+    it did not fail (no error, no failed verdict, no failing label). A trace is left out when a gold field has no
     value, or (``approved``) when the nodes concerned (``filt.node``, else every gold node) are
     not all approved.
 
@@ -784,7 +785,8 @@ def export_rows(store: Store, filt: StoreFilter | None = None, *, pipeline: Any 
         params.append(filt.pipeline)
     calls = store.query(f"""
         SELECT t.trace_id, t.pipeline, t.inputs AS trace_inputs, c.call_id, c.node, c.output_field, c.outputs, c.error,
-               a.outputs AS approved_outputs, a.approval, o.failed
+               a.outputs AS approved_outputs, a.approval,
+               o.failed OR EXISTS (SELECT 1 FROM labels l WHERE l.call_id = c.call_id AND NOT l.passed) AS failed
         FROM traces t
         JOIN node_calls c ON c.trace_id = t.trace_id
         JOIN call_outcomes o ON o.call_id = c.call_id

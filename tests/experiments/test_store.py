@@ -1,0 +1,330 @@
+"""The flywheel store on real DuckDB files: schema and migrations, batched appends, labels and
+corrections, a process killed mid-append, and two processes at once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from experiments.store import MIGRATIONS, SCHEMA_VERSION, VIEWS, Store, default_store_path, migrate
+from metrics.verdict import Verdict
+from programs.errors import StoreBusyError, StoreError, UserError
+from tests.store_traces import triage_trace
+
+REPO = Path(__file__).resolve().parents[2]
+
+CONTRACT = {
+    "meta": ["key", "value"],
+    "traces": ["trace_id", "pipeline", "program", "program_version", "mlflow_run_id", "source", "inputs", "outputs",
+               "error", "error_kind", "seconds", "created_at"],
+    "node_calls": ["call_id", "trace_id", "node", "kind", "position", "inputs", "outputs", "output_field", "error",
+                   "seconds", "lm_calls", "prompt_tokens", "completion_tokens", "demos", "created_at"],
+    "verdicts": ["verdict_id", "trace_id", "call_id", "node", "validator", "source", "score", "passed", "counted",
+                 "feedback", "details", "created_at"],
+    "labels": ["label_id", "trace_id", "call_id", "node", "validator", "reviewer", "passed", "score", "comment",
+               "created_at"],
+    "corrections": ["correction_id", "trace_id", "call_id", "node", "reviewer", "outputs", "comment", "created_at"],
+    "embeddings": ["call_id", "embedding", "vector", "created_at"],
+}
+
+
+def test_the_path_is_the_flag_then_pipec_store_then_pipec_home(tmp_path, monkeypatch):
+    assert default_store_path() == tmp_path / "pipec-home" / "store.duckdb"
+    monkeypatch.setenv("PIPEC_STORE", str(tmp_path / "env.duckdb"))
+    assert default_store_path() == tmp_path / "env.duckdb"
+    assert default_store_path(tmp_path / "flag.duckdb") == tmp_path / "flag.duckdb"
+
+
+def test_a_new_store_has_the_contract_tables_and_the_schema_version(tmp_path):
+    with Store.open() as store:
+        assert store.path == tmp_path / "pipec-home" / "store.duckdb" and store.path.is_file()
+        assert store.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
+        for table, columns in CONTRACT.items():
+            found = [r["column_name"] for r in store.query(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [table])]
+            assert found[: len(columns)] == columns, table
+        views = {r["table_name"] for r in store.query("SELECT table_name FROM information_schema.tables "
+                                                       "WHERE table_type = 'VIEW'")}
+        assert set(VIEWS) <= views
+
+
+def test_traces_node_calls_and_verdicts_round_trip_with_japanese_text(tmp_path):
+    message = "荷物が届きません。追跡番号は JP123 です"
+    reply = "ご不便をおかけして申し訳ありません。配送チームが本日確認します。"
+    traces = [triage_trace("t1", message, "shipping", reply), triage_trace("t2", "二重に請求されました", None, None)]
+    polite = Verdict(0.5, False, "もっと丁寧に", {"n": 1})
+    verdicts = {"t1": {"classify": Verdict(1.0, True), "reply": {"polite": polite}}}
+    with Store.open(tmp_path / "s.duckdb") as store:
+        assert store.append_traces(traces, verdicts, mlflow_run_id="run-1", source="evaluate",
+                                   program="compiled/triage.json") == 3
+        [t1] = store.query("SELECT * FROM traces WHERE trace_id = 't1'")
+        assert t1["inputs"] == {"message": message} and t1["outputs"] == {"category": "shipping", "reply": reply}
+        assert (t1["mlflow_run_id"], t1["source"], t1["program"], t1["pipeline"]) == \
+            ("run-1", "evaluate", "compiled/triage.json", "triage")
+        [t2] = store.query("SELECT * FROM traces WHERE trace_id = 't2'")
+        assert t2["error"].startswith("LMError") and t2["error_kind"] == "lm" and t2["outputs"] == {}
+        calls = store.query("SELECT * FROM node_calls ORDER BY trace_id, position")
+        assert [(c["call_id"], c["node"], c["position"]) for c in calls] == \
+            [("t1/0", "classify", 0), ("t1/1", "reply", 1), ("t2/0", "classify", 0)]
+        assert calls[1]["outputs"] == {"reply": reply} and calls[1]["inputs"]["message"] == message
+        assert calls[2]["outputs"] is None and calls[2]["error"].startswith("LMError")
+        rows = store.query("SELECT node, call_id, validator, source, passed, score, feedback, details FROM verdicts "
+                           "ORDER BY node")
+        assert rows == [
+            {"node": "classify", "call_id": "t1/0", "validator": "node", "source": "rule", "passed": True,
+             "score": 1.0, "feedback": "", "details": {}},
+            {"node": "reply", "call_id": "t1/1", "validator": "polite", "source": "rule", "passed": False,
+             "score": 0.5, "feedback": "もっと丁寧に", "details": {"n": 1}},
+        ]
+    # The text is stored as text, not as \\u escapes: other tools read the file too.
+    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+    assert message in con.execute("SELECT CAST(inputs AS VARCHAR) FROM traces WHERE trace_id = 't1'").fetchall()[0][0]
+    con.close()
+
+
+def test_a_batch_is_one_transaction(tmp_path):
+    with Store.open(tmp_path / "s.duckdb") as store:
+        store.append_traces([triage_trace("t1", "a", "billing", "ok")])
+        # t1 again: the primary key refuses it, and t9 (same batch) is not written either.
+        with pytest.raises(duckdb.ConstraintException):
+            store.append_traces([triage_trace("t9", "b", "billing", "ok"), triage_trace("t1", "a", "billing", "ok")])
+        assert store.state()["traces"] == 1 and store.state()["node_calls"] == 2
+
+
+def test_labels_corrections_and_judge_verdicts_find_their_call(tmp_path):
+    with Store.open(tmp_path / "s.duckdb") as store:
+        store.append_traces([triage_trace("t1", "a", "billing", "ok")])
+        label = store.add_label("t1", node="reply", passed=False, validator="polite", reviewer="ann", score=2,
+                                comment="冷たい")
+        correction = store.add_correction("t1", {"category": "refund"}, call_id="t1/0", reviewer="ben")
+        store.add_verdicts([{"trace_id": "t1", "node": "reply", "validator": "polite", "source": "judge",
+                             "passed": True, "score": 0.9}])
+        [row] = store.query("SELECT * FROM labels")
+        assert (row["label_id"], row["call_id"], row["node"], row["score"], row["comment"]) == \
+            (label, "t1/1", "reply", 2, "冷たい")
+        [row] = store.query("SELECT * FROM corrections")
+        assert (row["correction_id"], row["node"], row["outputs"]) == (correction, "classify", {"category": "refund"})
+        [row] = store.query("SELECT call_id, source FROM verdicts")
+        assert row == {"call_id": "t1/1", "source": "judge"}
+        with pytest.raises(StoreError, match="has no call of node 'summary'"):
+            store.add_label("t1", node="summary", passed=True)
+        with pytest.raises(StoreError, match="from 1 to 5"):
+            store.add_label("t1", node="reply", passed=True, score=9)
+        with pytest.raises(StoreError, match="non-empty mapping"):
+            store.add_correction("t1", {}, node="reply")
+        with pytest.raises(StoreError, match="verdict source 'robot'"):
+            store.add_verdicts([{"trace_id": "t1", "node": "reply", "source": "robot", "passed": True}])
+        assert store.state()["labels"] == 1 and store.state()["verdicts"] == 1
+
+
+def test_embeddings_append_as_float_lists(tmp_path):
+    with Store.open(tmp_path / "s.duckdb") as store:
+        store.append_traces([triage_trace("t1", "a", "billing", "ok")])
+        store.add_embeddings(["t1/0", "t1/1"], "hash-256", [[0.5, 0.25], [1.0, 0.0]])
+        rows = store.query("SELECT call_id, embedding, vector FROM embeddings ORDER BY call_id")
+        assert rows == [{"call_id": "t1/0", "embedding": "hash-256", "vector": [0.5, 0.25]},
+                        {"call_id": "t1/1", "embedding": "hash-256", "vector": [1.0, 0.0]}]
+
+
+def test_a_reader_cannot_write(tmp_path):
+    with Store.open(tmp_path / "s.duckdb"):
+        pass
+    with Store.open(tmp_path / "s.duckdb", read_only=True) as store, pytest.raises(StoreError, match="read-only"):
+        store.append_traces([triage_trace("t1", "a", "billing", "ok")])
+
+
+def test_reading_a_missing_store_says_how_to_get_one(tmp_path):
+    with pytest.raises(StoreError, match=r"no store at .*nope\.duckdb: record calls first"):
+        Store.open(tmp_path / "nope.duckdb", read_only=True)
+    assert not (tmp_path / "nope.duckdb").exists()
+
+
+def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.duckdb").write_text("hello, not a database\n", encoding="utf-8")
+    with pytest.raises(StoreError, match="cannot open the store"):
+        Store.open(tmp_path / "notes.duckdb")
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+def test_a_version_1_file_opens_with_the_current_code_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(path))
+    assert migrate(con, MIGRATIONS[:1]) == 0  # what a pipec that knew only migration 1 wrote
+    con.execute("INSERT INTO traces (trace_id, pipeline, inputs, created_at) VALUES "
+                "('old', 'triage', '{\"message\": \"古い\"}', TIMESTAMPTZ '2026-01-05 10:00:00+00')")
+    con.execute("INSERT INTO node_calls (call_id, trace_id, node, position, seconds, prompt_tokens, "
+                "completion_tokens, lm_calls, created_at) VALUES ('old/0', 'old', 'classify', 0, 0.5, 10, 2, 1, "
+                "TIMESTAMPTZ '2026-01-05 10:00:00+00')")
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [("1",)]
+    assert "node_latency" not in {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
+                                  .fetchall()}
+    con.close()
+    # A reader migrates an old file too (briefly read-write), then reads.
+    with Store.open(path, read_only=True) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        [row] = store.query("SELECT node, calls, p50_seconds FROM node_latency")
+        assert row == {"node": "classify", "calls": 1, "p50_seconds": 0.5}
+        assert store.query("SELECT inputs FROM traces") == [{"inputs": {"message": "古い"}}]
+
+
+def test_a_failing_migration_leaves_the_file_at_the_version_before(tmp_path):
+    def broken(con):
+        con.execute("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("migration bug")
+
+    path = tmp_path / "s.duckdb"
+    with Store.open(path):
+        pass
+    con = duckdb.connect(str(path))
+    with pytest.raises(RuntimeError, match="migration bug"):
+        migrate(con, (*MIGRATIONS, broken))
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [(str(SCHEMA_VERSION),)]
+    assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half_done'") \
+        .fetchall() == [(0,)]
+    con.close()
+
+
+def test_a_store_from_a_newer_pipec_is_refused_not_rewritten(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with Store.open(path):
+        pass
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match=r"newer pipec \(schema version 99"):
+            Store.open(path, read_only=read_only)
+
+
+# --- a process killed mid-append ---------------------------------------------------------------
+
+_APPENDER = """
+import sys
+from benchmarks.store import synthetic_traces
+from experiments.store import Store
+path, batch, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with Store.open(path) as store:
+    b = start
+    while True:
+        traces, verdicts = synthetic_traces(batch, start=b * batch, prefix="kill")
+        store.append_traces(traces, verdicts)
+        b += 1
+        print(b, flush=True)
+"""
+
+
+def test_kill_9_during_batch_appends_loses_no_committed_batch_and_the_store_opens(tmp_path):
+    path, batch = tmp_path / "s.duckdb", 1500  # traces per batch; 2 node calls and 2 verdicts each
+    committed = 0
+    for round_ in range(3):  # killed three times; each time reopened and appended to again
+        proc = subprocess.Popen([sys.executable, "-c", _APPENDER, str(path), str(batch), str(committed // batch)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        printed = committed // batch
+        while printed < committed // batch + 2 + round_:  # a few batches, then kill it mid-way through the next
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            printed = int(line)
+        time.sleep(0.05 * round_)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        with Store.open(path) as store:
+            state = store.state()
+            n = state["traces"]
+            assert n % batch == 0 and printed * batch <= n <= (printed + 1) * batch, (n, printed)
+            assert state["node_calls"] == state["verdicts"] == 2 * n
+            ids = store.query("SELECT min(trace_id) AS first, max(trace_id) AS last, count(DISTINCT trace_id) AS k "
+                              "FROM traces")[0]
+            assert ids == {"first": "kill-000000000", "last": f"kill-{n - 1:09d}", "k": n}
+            orphans = store.query("SELECT count(*) AS n FROM node_calls c ANTI JOIN traces t USING (trace_id)")
+            assert orphans == [{"n": 0}]
+        committed = n
+
+
+# --- two processes at once ---------------------------------------------------------------------
+
+_HOLDER = """
+import os, sys
+from experiments.store import Store
+with Store.open(sys.argv[1]) as store:
+    print(os.getpid(), flush=True)
+    sys.stdin.readline()
+    from tests.store_traces import triage_trace
+    store.append_traces([triage_trace("held", "x", "billing", "ok")])
+"""
+
+_WRITER = """
+import sys
+from experiments.store import Store
+from programs.errors import StoreBusyError
+print("opening", flush=True)
+try:
+    with Store.open(sys.argv[1], wait=float(sys.argv[2])) as store:
+        from tests.store_traces import triage_trace
+        store.append_traces([triage_trace("second", "y", "refund", "ok")])
+except StoreBusyError as exc:
+    print(str(exc))
+    sys.exit(2)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another process that holds the store open read-write until told to finish."""
+    path = tmp_path / "s.duckdb"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline() or 0)
+    assert pid == proc.pid, proc.stderr.read()
+    yield path, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_second_writer_gets_one_clear_line_naming_the_holder(holder):
+    path, proc = holder
+    done = subprocess.run([sys.executable, "-c", _WRITER, str(path), "0.3"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.splitlines() == ["opening", f"the store {path} is in use by another pipec process (pid "
+                                        f"{proc.pid}); wait for it or pass --store OTHER"]
+    assert issubclass(StoreBusyError, UserError)
+
+
+def test_readers_meet_the_lock_too_and_exit_2_with_one_line(holder):
+    path, proc = holder
+    env = {**os.environ, "PIPEC_STORE_WAIT": "0.3"}
+    for command in (["stats"], ["export"]):
+        done = subprocess.run([sys.executable, "-m", "experiments", *command, "--store", str(path)], cwd=REPO,
+                              env=env, capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == ""
+        assert done.stderr.strip().splitlines() == [
+            f"Error: the store {path} is in use by another pipec process (pid {proc.pid}); wait for it or pass "
+            "--store OTHER"]
+
+
+def test_a_second_writer_that_waits_gets_the_store_when_the_first_finishes(holder):
+    path, proc = holder
+    second = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), "120"], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert second.stdout.readline() == "opening\n", second.stderr.read()
+    time.sleep(0.5)  # let it meet the lock and start waiting (no assertion depends on this time)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, out + err
+    with Store.open(path, read_only=True) as store:
+        assert [r["trace_id"] for r in store.query("SELECT trace_id FROM traces ORDER BY trace_id")] == \
+            ["held", "second"]
+        assert json.loads(json.dumps(store.state()))["node_calls"] == 4
