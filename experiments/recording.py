@@ -429,6 +429,11 @@ class Recorder:
                                source=source, program=program_path, mlflow_run_id=mlflow_run_id)
         self._judges = _Judges(judge_validators, program.nodes(), self._writer, self.stats) \
             if judges and judge_validators else None
+        if self._judges is not None:  # each judge's demos: the store's human labels nearest the call (issue 10)
+            from experiments.alignment import LabelledJudgeDemos
+
+            for judge in (j for js in judge_validators.values() for j in js):
+                judge.demo_source = LabelledJudgeDemos.over_store(self.store, mode=judge.mode)
         live = _uses_store_pool(program) if live_demos is None else live_demos
         self._attached: dict[str, Any] = {}
         self._reviews = ReviewCounter(self.store) if live else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import dspy
 import pytest
 from click.testing import CliRunner
 
@@ -20,9 +21,12 @@ from experiments.alignment import (
     split_labels,
 )
 from experiments.cli import cli
+from experiments.recording import Recorder
 from experiments.store import Store
 from metrics.judge import LLMJudge
 from programs.errors import UserError
+from programs.nodes import Writer
+from programs.pipeline import Pipeline
 from tests.experiments.review_seed import RUBRIC, seed_store
 from tests.fakes import _text, fake_lm
 
@@ -139,3 +143,42 @@ def test_align_needs_enough_labels(tmp_path):
     judge = LLMJudge(RUBRIC, lm=lm.lm, adapter=lm.adapter, mode="binary")
     with pytest.raises(UserError, match="label at least 4"):
         align_judge(judge, [_example("a", "x", True)], optimizer="labeled")
+
+
+class _Replier(Pipeline):
+    inputs = ("message",)
+    gold = {"reply": "reply"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply = Writer({"message": "a customer message"}, output="reply",
+                            rules={"rubric": RUBRIC, "judge_mode": "binary"})
+
+    def forward(self, message: str) -> dspy.Prediction:
+        return dspy.Prediction(reply=self.reply(message=message).reply)
+
+
+def _replies(fields, inputs):
+    if "judgement" in fields:
+        return {"judgement": {"passed": True, "reason": "fine"}}
+    return {"reply": f"Thanks, we are looking at it: {inputs.get('message', '')[:20]}"}
+
+
+def test_recorded_judges_take_their_demos_from_the_human_labels_nearest_the_call(tmp_path):
+    lm, engine = fake_lm(_replies)
+    path = tmp_path / "store.duckdb"
+    with dspy.context(lm=lm.lm, adapter=lm.adapter), Recorder(_Replier(), store=path, pipeline="replier") as rec:
+        first = rec.run(message="注文した荷物がまだ届きません、注文番号 100")
+    with Store.open(path) as store:
+        (verdict,) = store.query("SELECT * FROM verdicts WHERE source = 'judge'")
+        assert verdict["validator"] == LLMJudge(RUBRIC).name  # the rubric's id names the judge's verdicts
+        store.add_label(first.trace_id, call_id=verdict["call_id"], passed=False, validator=verdict["validator"],
+                        reviewer="花子", comment="日付がないので不合格です")
+    before = len(engine.requests)
+    with dspy.context(lm=lm.lm, adapter=lm.adapter), Recorder(_Replier(), store=path, pipeline="replier") as rec:
+        rec.run(message="注文した荷物がまだ届きません、注文番号 101")
+    judge_prompts = ["\n".join(_text(m.parts) for m in r.messages) for r in engine.requests[before:]
+                     if "rubric" in _text(r.messages[-1].parts)]
+    assert len(judge_prompts) == 1
+    assert "日付がないので不合格です" in judge_prompts[0]  # the human's label and reason, shown as a demo
+    assert first.calls[0].output in judge_prompts[0]
