@@ -27,9 +27,23 @@ from typing import Any
 
 from programs.errors import ConfigError, UserError
 
-__all__ = ["JUDGE_AGREEMENT_SQL", "AlignOptions", "AlignResult", "LabelledExample", "LabelledJudgeDemos", "agreement",
-           "align_judge", "attach_judge_demos", "cohen_kappa", "judge_agreement", "labelled_examples", "run_align",
-           "split_labels", "task_inputs_text"]
+__all__ = [
+    "JUDGE_AGREEMENT_SQL",
+    "AlignOptions",
+    "AlignResult",
+    "LabelledExample",
+    "LabelledJudgeDemos",
+    "agreement",
+    "align_judge",
+    "attach_judge_demos",
+    "cohen_kappa",
+    "judge_agreement",
+    "judge_alignment_metrics",
+    "labelled_examples",
+    "run_align",
+    "split_labels",
+    "task_inputs_text",
+]
 
 # Pairs of (the latest judge verdict, the latest human label) on the same node call and rubric.
 _PAIRS_SQL = """
@@ -478,3 +492,47 @@ def run_align(opts: AlignOptions, *, say: Callable[[str], None] = lambda _m: Non
         Path(opts.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         payload["out"] = str(opts.out)
     return payload
+
+
+def judge_alignment_metrics(metric: Any, store: Any = None) -> dict[str, float]:
+    """The agreement of a compile's LLM judges with human labels, as MLflow metrics.
+
+    For each node whose validators include an LLM judge whose rubric has human labels in the
+    store: ``judge_agreement.<node>.kappa``, ``.accuracy`` and ``.labels`` (all time). Nothing when
+    the pipeline has no judge or no store exists; a busy or broken store is a warning, never a
+    failed compile.
+
+    Args:
+        metric: The compile's ``metrics.PipelineMetric``.
+        store: The store path (``$PIPEC_STORE`` / ``$PIPEC_HOME/store.duckdb`` when None).
+    """
+    import logging
+
+    from metrics.judge import LLMJudge
+
+    judges = {j.name: node for node, vs in getattr(metric, "validators", {}).items() for j in vs
+              if isinstance(j, LLMJudge)}
+    if not judges:
+        return {}
+    from experiments.store import Store, default_store_path
+
+    path = default_store_path(store)
+    if not path.is_file():
+        return {}
+    try:
+        with Store.open(path, read_only=True) as opened:
+            rows = judge_agreement(opened)
+    except Exception as exc:  # telemetry: the compile goes on without these metrics
+        logging.getLogger(__name__).warning("pipec: judge agreement not read from %s (%s: %s)", path,
+                                            type(exc).__name__, exc)
+        return {}
+    out: dict[str, float] = {}
+    for row in rows:
+        node = judges.get(row["validator"])
+        if node is None:
+            continue
+        out[f"judge_agreement.{node}.labels"] = float(row["n"])
+        for key in ("accuracy", "kappa"):
+            if row[key] is not None:
+                out[f"judge_agreement.{node}.{key}"] = float(row[key])
+    return out

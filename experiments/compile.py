@@ -22,6 +22,7 @@ from typing import Any
 
 import dspy
 
+from experiments.alignment import judge_alignment_metrics
 from experiments.candidates import candidate_runs
 from experiments.datasets import Dataset, load_dataset, split_dataset
 from experiments.evaluate import EvalReport, evaluate_program, lm_usage
@@ -221,6 +222,7 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
     started = time.perf_counter()
     with tracker.start(), dspy.context(lm=plan.lm.lm, adapter=plan.lm.adapter):
         tracker.params(_params(opts, plan))
+        tracker.metrics(judge_alignment_metrics(plan.metric, opts.store))  # the judges vs people, from the store
         say(f"Baseline: evaluating {len(plan.val)} examples on {plan.lm.settings['model']}.")
         baseline = _evaluate(tracker, "baseline", plan.pipeline, plan, opts)
         say(f"Compiling with {opts.optimizer} on {len(plan.train)} examples.")
