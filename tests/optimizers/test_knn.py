@@ -202,3 +202,18 @@ def test_a_compile_run_records_the_settings_and_the_choices():
     loaded = Triage()
     loaded.load(result["program_path"])
     assert loaded.classify.retrieval.k == int(params["optimizer.chosen.k"])
+
+
+def test_pool_store_is_saved_with_each_node_and_checked(split, tmp_path):
+    train, _ = split
+    prepared = prepare_optimizer("knn", PipelineMetric(Triage()), {"pool": "store", "max_lm_calls": 0})
+    program = prepared.teleprompter.compile(Triage(), trainset=train)
+    assert {node.retrieval.pool for node in program.nodes().values()} == {"store"}
+    program.save(str(tmp_path / "p.json"))
+    loaded = Triage()
+    loaded.load(str(tmp_path / "p.json"))
+    assert loaded.classify.retrieval.pool == "store"  # pipec run turns live demos on for it
+    default = RetrievalFewShot(max_lm_calls=0).compile(Triage(), trainset=train)
+    assert default.classify.retrieval.pool == "trainset"
+    with pytest.raises(ConfigError, match="unknown pool 'db': choose one of trainset, store"):
+        prepare_optimizer("knn", PipelineMetric(Triage()), {"pool": "db"})
