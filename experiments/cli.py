@@ -104,6 +104,7 @@ def cli() -> None:
       pipec demo                                  compile the built-in triage pipeline locally
       pipec compile triage --optimizer bootstrap  the same, step by step
       pipec evaluate compiled/triage-….json       score a compiled program per node
+      pipec run compiled/triage-….json -i in.jsonl  answer JSONL inputs, recording every call
       pipec runs list                             the tracked compile runs
       pipec ui                                    compare them in the MLflow UI
 
