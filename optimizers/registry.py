@@ -8,10 +8,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dspy.teleprompt.teleprompt import Teleprompter
+
 from optimizers.params import accepted_names, split_params
 from programs.errors import ConfigError
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "PreparedOptimizer", "prepare_optimizer", "spec_for"]
+__all__ = ["OPTIMIZERS", "OptimizerSequence", "OptimizerSpec", "PreparedOptimizer", "prepare_optimizer", "spec_for"]
 
 # Arguments the compile orchestration passes itself; a user cannot set them with --param.
 _RESERVED = ("student", "trainset", "valset", "teacher", "metric")
@@ -25,8 +27,8 @@ class OptimizerSpec:
         name: The CLI name.
         load: Returns the Teleprompter class (imported lazily).
         summary: One line for ``--help``.
-        defaults: pipec's constructor defaults; a template value ``"{seed}"``, ``"{lm}"`` or
-            ``"{threads}"`` is filled in at build time.
+        defaults: pipec's constructor defaults; a template value ``"{seed}"``, ``"{lm}"``,
+            ``"{prompt_lm}"`` or ``"{threads}"`` is filled in at build time.
         compile_defaults: pipec's compile-argument defaults.
         feedback: The metric must return ``dspy.Prediction(score, feedback)``.
         uses_valset: The optimizer's compile accepts a valset.
@@ -59,6 +61,20 @@ def _knn() -> type:
     return RetrievalFewShot
 
 
+def _own(module: str, name: str) -> Callable[[], type]:
+    def load() -> type:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+# pipec's textual-feedback optimizers: the prompt writer is --prompt-lm (the task LM by default);
+# the default budgets fit a couple of minutes of the embedded 135M LM on the triage pipeline.
+_TEXTUAL = {"prompt_lm": "{prompt_lm}", "num_threads": "{threads}", "seed": "{seed}"}
+
+
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
@@ -89,6 +105,36 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                       uses_valset=True),
     )
 }
+        OptimizerSpec("protegi", _own("optimizers.protegi", "ProTeGi"),
+                      "ProTeGi: failures on a minibatch -> the LM's reasons (textual gradient) -> edited and "
+                      "paraphrased prompts, beam search with bandit selection; budget max_lm_calls=150",
+                      defaults={**_TEXTUAL, "max_lm_calls": 150, "val_size": 6}, uses_valset=True),
+        OptimizerSpec("opro", _own("optimizers.opro", "OPRO"),
+                      "OPRO: a meta-prompt of past (instruction, score) pairs in ascending order plus task "
+                      "exemplars; several new instructions per step; budget max_lm_calls=120",
+                      defaults={**_TEXTUAL, "max_lm_calls": 120, "val_size": 6}, uses_valset=True),
+        OptimizerSpec("ape", _own("optimizers.ape", "APE"),
+                      "APE: instructions generated from input/output demos, the best resampled as paraphrases; "
+                      "budget max_lm_calls=120",
+                      defaults={**_TEXTUAL, "max_lm_calls": 120, "val_size": 6}, uses_valset=True),
+        OptimizerSpec("evoprompt", _own("optimizers.evoprompt", "EvoPrompt"),
+                      "EvoPrompt: a population evolved by LM crossover and mutation (variant=ga, or de); "
+                      "budget max_lm_calls=150",
+                      defaults={**_TEXTUAL, "max_lm_calls": 150, "val_size": 6}, uses_valset=True),
+        OptimizerSpec("feedback", _own("optimizers.feedback", "FeedbackRewrite"),
+                      "judge feedback: epochs of minibatches, a judge's score and comment per failure, a rewrite "
+                      "kept only when the valset score improves; budget max_lm_calls=150",
+                      defaults={**_TEXTUAL, "max_lm_calls": 150, "val_size": 6}, uses_valset=True),
+        OptimizerSpec("human", _own("optimizers.human", "HumanFeedback"),
+                      "manual loop: your notes (--param notes=FILE or -) -> LM rewrite -> you accept the diff "
+                      "(accept=ask|all|none); budget max_lm_calls=60",
+                      defaults={**_TEXTUAL, "max_lm_calls": 60, "val_size": 6}, uses_valset=True),
+        OptimizerSpec("query-aware", _own("optimizers.query_aware", "QueryAware"),
+                      "query-aware prompts (after TRPrompt): a prompt writer writes an instruction per query and "
+                      "learns in context from judged rewards; TWO LM calls per query at inference on that node; "
+                      "budget max_lm_calls=80",
+                      defaults={"num_threads": "{threads}", "seed": "{seed}", "max_lm_calls": 80, "val_size": 6},
+                      uses_valset=True),
 
 
 @dataclass
@@ -110,7 +156,55 @@ def _fill(value: Any, context: Mapping[str, Any]) -> Any:
 
 
 def spec_for(name: str) -> OptimizerSpec:
-    """The spec of optimizer ``name``; a ConfigError listing the choices when there is none."""
+    """The spec of optimizer ``name``; a ConfigError listing the choices when there is none.
+
+    ``a,b`` names a sequence: its spec needs feedback or a valset when one of its steps does.
+    """
+    if "," in name:
+        specs = [spec_for(part) for part in _parts(name)]
+        if len(specs) < 2:
+            raise ConfigError(f"--optimizer {name!r}: a sequence names two or more optimizers, e.g. protegi,knn")
+        return OptimizerSpec(",".join(s.name for s in specs), lambda: OptimizerSequence,
+                             " then ".join(s.name for s in specs), feedback=any(s.feedback for s in specs),
+                             uses_valset=any(s.uses_valset for s in specs))
+class OptimizerSequence(Teleprompter):
+    """Optimizers run one after the other (``--optimizer protegi,knn``): each compiles the
+    previous one's program, so instructions found first are kept by the demos chosen next.
+
+    Args:
+        steps: ``(name, teleprompter, compile kwargs, uses valset)`` in order.
+    """
+
+    def __init__(self, steps: list[tuple[str, Any, dict[str, Any], bool]]) -> None:
+        super().__init__()
+        self.steps = steps
+        self.chosen: dict[str, Any] = {}
+
+    def compile(self, student: Any, *, trainset: Any, valset: Any = None) -> Any:
+        program = student
+        for name, teleprompter, kwargs, uses_valset in self.steps:
+            kwargs = dict(kwargs)
+            if uses_valset and valset is not None:
+                kwargs["valset"] = valset
+            program = teleprompter.compile(program, trainset=trainset, **kwargs)
+            chosen = getattr(teleprompter, "chosen", None)
+            if chosen:
+                self.chosen[name] = chosen
+        return program
+
+    @property
+    def trajectory(self) -> list[tuple[int, float]]:
+        """The steps' ``best_score`` trajectories, one after the other."""
+        joined: list[tuple[int, float]] = []
+        for _, teleprompter, _, _ in self.steps:
+            joined += [(len(joined), score) for _, score in getattr(teleprompter, "trajectory", None) or []]
+        return joined
+
+
+def _parts(name: str) -> list[str]:
+    return [part.strip() for part in name.split(",") if part.strip()]
+
+
     if name not in OPTIMIZERS:
         close = difflib.get_close_matches(name, OPTIMIZERS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -119,7 +213,32 @@ def spec_for(name: str) -> OptimizerSpec:
 
 
 def prepare_optimizer(name: str, metric: Callable[..., Any], params: Mapping[str, Any] | None = None, *,
-                      seed: int = 0, lm: Any = None, threads: int = 1) -> PreparedOptimizer:
+                      seed: int = 0, lm: Any = None, threads: int = 1, prompt_lm: Any = None) -> PreparedOptimizer:
+def _prepare_sequence(name: str, metric: Callable[..., Any], params: Mapping[str, Any], **context: Any
+                      ) -> PreparedOptimizer:
+    """A Sequence: each setting goes to every step that has it; one no step has is an error."""
+    parts = _parts(name)
+    spec_for(name)  # checks every name
+    accepted = {}
+    for part in parts:
+        cls = spec_for(part).load()
+        accepted[part] = set(accepted_names(cls.__init__, exclude=_RESERVED)) | set(
+            accepted_names(cls.compile, exclude=_RESERVED))
+    for key in params:
+        if not any(key in names for names in accepted.values()):
+            valid = sorted(set().union(*accepted.values()))
+            raise ConfigError(f"--param {key}: no optimizer of {name!r} has a setting {key!r}. "
+                              f"Valid settings: {', '.join(valid)}")
+    prepared = [prepare_optimizer(part, metric, {k: v for k, v in params.items() if k in accepted[part]},
+                                  **context) for part in parts]
+    steps = [(p.name, p.teleprompter, p.compile_kwargs, p.uses_valset) for p in prepared]
+    settings = {"sequence": ",".join(parts),
+                **{f"{p.name}.{k}": v for p in prepared for k, v in p.settings.items()}}
+    return PreparedOptimizer(",".join(parts), OptimizerSequence(steps), {}, settings,
+                             any(p.uses_valset for p in prepared),
+                             any(p.feedback for p in prepared))
+
+
     """Builds the optimizer ``name`` with pipec's defaults overridden by ``params``.
 
     Args:
@@ -131,17 +250,24 @@ def prepare_optimizer(name: str, metric: Callable[..., Any], params: Mapping[str
         threads: Evaluation threads for optimizers that take them.
 
     Raises:
+        prompt_lm: The LM that writes prompts for pipec's textual optimizers (``{prompt_lm}``):
+            a ``dspy.LM`` or an ``LMConfig``; ``lm`` when None.
+
+    ``name`` may be a sequence, ``protegi,knn``: the optimizers run one after the other.
         ConfigError: Unknown optimizer or setting, or settings the optimizer rejects.
     """
     spec = spec_for(name)
     reserved = sorted(set(params or {}) & set(_RESERVED))
+    if "," in name:
+        return _prepare_sequence(name, metric, dict(params or {}), seed=seed, lm=lm, threads=threads,
+                                 prompt_lm=prompt_lm)
     if reserved:
         raise ConfigError(f"--param {reserved[0]}: pipec passes {', '.join(_RESERVED)} itself; they cannot be set")
     cls = spec.load()
     init_names = accepted_names(cls.__init__, exclude=_RESERVED)
     compile_names = accepted_names(cls.compile, exclude=_RESERVED)
     user_init, user_compile = split_params(params or {}, init_names, compile_names, name)
-    context = {"seed": seed, "lm": lm, "threads": threads}
+    context = {"seed": seed, "lm": lm, "threads": threads, "prompt_lm": prompt_lm if prompt_lm is not None else lm}
     displaced = {d for key, ds in spec.exclusive.items() if key in {**user_init, **user_compile} for d in ds}
     init = {k: _fill(v, context) for k, v in spec.defaults.items() if k not in displaced}
     init.update(user_init)

@@ -20,6 +20,7 @@ import dspy
 
 from programs.demo_pool import LivePool
 from programs.errors import PipelineError
+from programs.query_prompt import QueryPrompt
 from programs.retrieval import Retrieval
 from programs.trace import record_node_call
 
@@ -72,6 +73,8 @@ class Node(dspy.Predict):
         live_pool: When set (at run time, by a recorder: ``programs.demo_pool``), reviewed node
             calls from the flywheel store compete for the demos too, read incrementally before
             each call. Not saved with the program.
+        query_prompt: When set (by ``--optimizer query-aware``), a prompt writer first writes an
+            instruction for each call's inputs (``programs.query_prompt``): two LM calls per call.
     """
 
     kind: ClassVar[str] = "node"
@@ -90,15 +93,26 @@ class Node(dspy.Predict):
     def reset(self) -> None:
         super().reset()
         self.retrieval = None  # compiled state, like demos: a reset program starts without it
+        self.query_prompt: QueryPrompt | None = None
 
     def forward(self, **kwargs: Any) -> dspy.Prediction:
-        kwargs = self._retrieve(kwargs)
+        kwargs = self._query_instruction(self._retrieve(kwargs))
         # Recorded as one node call (inputs, output, demos, latency, tokens, error) when a capture
         # is in force (programs.trace); otherwise just the prediction.
         return record_node_call(self, kwargs, lambda: super(Node, self).forward(**kwargs))
 
     async def aforward(self, **kwargs: Any) -> dspy.Prediction:
-        return await super().aforward(**self._retrieve(kwargs))
+        return await super().aforward(**self._query_instruction(self._retrieve(kwargs)))
+
+    def _query_instruction(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """With a query prompt: the node's instruction plus the one written for these inputs."""
+        if self.query_prompt is None or "signature" in kwargs:
+            return kwargs
+        written = self.query_prompt.write({f: kwargs[f] for f in self.input_fields if f in kwargs})
+        if not written:
+            return kwargs
+        instructions = f"{self.signature.instructions}\n\n{written}"
+        return {**kwargs, "signature": self.signature.with_instructions(instructions)}
 
     def _retrieve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         if "demos" in kwargs:  # demos passed by the caller win
@@ -113,13 +127,17 @@ class Node(dspy.Predict):
         state = super().dump_state(json_mode=json_mode)
         if self.retrieval is not None:
             state["retrieval"] = self.retrieval.dump()
+        if self.query_prompt is not None:
+            state["query_prompt"] = self.query_prompt.dump()
         return state
 
     def load_state(self, state: dict[str, Any], **kwargs: Any) -> Node:
         state = dict(state)
         retrieval = state.pop("retrieval", None)  # Predict.load_state would set it raw
+        query_prompt = state.pop("query_prompt", None)
         super().load_state(state, **kwargs)
         self.retrieval = Retrieval.load(retrieval) if retrieval else None
+        self.query_prompt = QueryPrompt.load(query_prompt) if query_prompt else None
         return self
 
     @property

@@ -152,3 +152,33 @@ def test_per_node_reports_and_the_verdicts_table(triage_run):
     assert failed and all(row["feedback"] for row in failed)
     saved = json.load(open(result["program_path"], encoding="utf-8"))
     assert saved["metadata"]["pipec"] == {"pipeline": "triage", "class": "programs.builtin.Triage"}
+
+
+def test_textual_optimizer_with_a_prompt_lm_child_runs_and_best_score_trajectory():
+    """--prompt-lm: the prompt writer's calls go to their own LM; each candidate is a child run
+    tagged with its id, parent and step; best_score by step is the parent's trajectory."""
+    from tests.optimizers.scripted import requests_for, scripted_lm
+
+    lm, engine, _ = scripted_lm()
+    prompt, prompt_engine, _ = scripted_lm({"new_instruction": "GOOD: route by the team that must act."})
+    result = compile_pipeline(CompileOptions("triage", "opro", lm=lm, prompt_lm=prompt, seed=0, progress=False,
+                                             params=("steps=2", "candidates_per_step=1", "max_lm_calls=150",
+                                                     "nodes=classify")))
+    assert len(requests_for(prompt_engine, "new_instruction")) == 2 and not requests_for(engine, "new_instruction")
+    assert result["compile"]["lm_calls"] <= 150
+    assert result["compiled"]["nodes"]["classify"] > result["baseline"]["nodes"]["classify"]
+    client = MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert run.data.params["prompt_lm"] == "fake/scripted"
+    history = client.get_metric_history(result["run_id"], "best_score")
+    steps = sorted((m.step, m.value) for m in history)
+    assert [s for s, _ in steps] == list(range(len(steps))) and len(steps) >= 2
+    assert [v for _, v in steps] == sorted(v for _, v in steps) and steps[-1][1] > steps[0][1]
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    tagged = {c.data.tags.get("pipec.candidate"): c for c in children if c.data.tags.get("pipec.origin")}
+    assert tagged["c1"].data.tags["pipec.parent"] == "c0" and tagged["c1"].data.tags["pipec.step"] == "1"
+    assert "GOOD" in tagged["c1"].data.params["classify.instructions"]
+    params = run.data.params
+    assert params["optimizer.chosen.budget.max_lm_calls"] == "150"
+    assert int(params["optimizer.chosen.budget.lm_calls"]) <= 150

@@ -59,3 +59,42 @@ def test_unknown_optimizer_and_setting(metric):
 def test_settings_the_optimizer_rejects_are_config_errors(metric):
     with pytest.raises(ConfigError, match="optimizer 'gepa' rejected its settings: GEPA requires a reflection"):
         prepare_optimizer("gepa", metric, {}, lm=None)
+
+
+def test_textual_optimizers_are_registered_with_budgets(metric):
+    from optimizers import TextualOptimizer
+
+    for name in ("protegi", "opro", "ape", "evoprompt", "feedback", "human", "query-aware"):
+        assert OPTIMIZERS[name].defaults["max_lm_calls"] > 0 and "budget" in OPTIMIZERS[name].summary
+    prepared = prepare_optimizer("opro", metric, {"max_lm_calls": 40, "max_cost": 0.5}, seed=4, threads=2)
+    assert isinstance(prepared.teleprompter, TextualOptimizer) and prepared.uses_valset
+    assert prepared.teleprompter.max_lm_calls == 40 and prepared.teleprompter.max_cost == 0.5
+    assert prepared.teleprompter.seed == 4 and prepared.teleprompter.num_threads == 2
+    lm, writer = dspy.LM("openai/task-model"), dspy.LM("openai/writer-model")
+    assert prepare_optimizer("opro", metric, {}, lm=lm).teleprompter.prompt_lm is lm  # default: the task LM
+    assert prepare_optimizer("opro", metric, {}, lm=lm, prompt_lm=writer).teleprompter.prompt_lm is writer
+    assert "TWO LM calls per query at inference" in OPTIMIZERS["query-aware"].summary
+
+
+def test_a_sequence_runs_one_optimizer_after_the_other(metric):
+    from optimizers import OptimizerSequence, RetrievalFewShot
+    from optimizers.registry import spec_for
+    from tests.optimizers.scripted import run, scripted_lm, triage_split
+
+    prepared = prepare_optimizer("protegi,knn", metric, {"max_lm_calls": 200, "k": 4, "steps": 1, "val_size": 0})
+    assert isinstance(prepared.teleprompter, OptimizerSequence) and prepared.uses_valset
+    assert prepared.settings["sequence"] == "protegi,knn"
+    assert prepared.settings["protegi.init.max_lm_calls"] == 200 and prepared.settings["knn.init.k"] == 4
+    assert "protegi.init.k" not in prepared.settings
+    assert spec_for("protegi,knn").summary == "protegi then knn"
+    train, val = triage_split()
+    lm, _, _ = scripted_lm({"improved_instruction": "GOOD: route by the team that must act."})
+    program = run(prepared.teleprompter, lm, train, val[:6])
+    assert "GOOD" in program.classify.signature.instructions  # the instructions protegi found ...
+    assert program.classify.retrieval is not None and program.classify.retrieval.k == 4  # ... kept by knn
+    assert set(prepared.teleprompter.chosen) == {"protegi", "knn"}
+    assert isinstance(prepared.teleprompter.steps[1][1], RetrievalFewShot)
+    with pytest.raises(ConfigError, match="no optimizer of 'protegi,knn' has a setting 'nope'"):
+        prepare_optimizer("protegi,knn", metric, {"nope": 1})
+    with pytest.raises(ConfigError, match="unknown optimizer 'knnn'"):
+        prepare_optimizer("protegi,knnn", metric, {})
