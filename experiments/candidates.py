@@ -23,6 +23,7 @@ from typing import Any
 import dspy
 from dspy.utils.callback import BaseCallback
 
+from experiments.liveness import process_tags
 from experiments.tracking import RunTracker, _param_value
 
 __all__ = ["CandidateRuns", "candidate_runs"]
@@ -84,6 +85,7 @@ class CandidateRuns(BaseCallback):
         self._steps: defaultdict[str, int] = defaultdict(int)
         self._open: dict[str, tuple[str, int, dict[str, Any], int]] = {}
         self._parent_metrics: list[tuple[str, float, int, int]] = []
+        self._process = process_tags()  # the child runs name their process too (experiments.liveness)
 
     def log_parent_metrics(self) -> None:
         """Queues every candidate's score as a step of the parent run's metric, in one write."""
@@ -92,9 +94,7 @@ class CandidateRuns(BaseCallback):
         with self._lock:
             metrics = [Metric(key, score, stamp, step) for key, score, stamp, step in self._parent_metrics]
             self._parent_metrics = []
-        if metrics:
-            self.tracker.submit("logging candidate scores",
-                                lambda client, run_id: client.log_batch(run_id, metrics=metrics))
+        self.tracker.log_batch(metrics=metrics)
 
     def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         metadata = inputs.get("callback_metadata") or {}
@@ -118,7 +118,7 @@ class CandidateRuns(BaseCallback):
         score = None if exception is not None else _score(outputs)
         table = _result_table(getattr(outputs, "results", None)) if exception is None else None
         ended = int(time.time() * 1000)
-        experiment_id = self.tracker.experiment_id
+        experiment_id, process = self.tracker.experiment_id, self._process
 
         def write(client: Any, parent_id: str) -> None:
             from mlflow.entities import Metric, Param
@@ -126,7 +126,7 @@ class CandidateRuns(BaseCallback):
 
             # Three store operations per candidate (each a commit, an fsync with sqlite; the
             # artifacts are files): the table's UI tag goes in with the run, its file as plain JSON.
-            tags = {MLFLOW_PARENT_RUN_ID: parent_id, "pipec.kind": "candidate"}
+            tags = {MLFLOW_PARENT_RUN_ID: parent_id, "pipec.kind": "candidate", **process}
             if table is not None:
                 tags["mlflow.loggedArtifacts"] = json.dumps([{"path": "result_table.json", "type": "table"}])
             run = client.create_run(experiment_id, start_time=started, run_name=f"{key}_{step}", tags=tags)

@@ -29,6 +29,7 @@ from experiments.evaluate import EvalReport, evaluate_program, lm_usage
 from experiments.lm import LMConfig, make_lm
 from experiments.program_meta import program_meta, stamp_program
 from experiments.reports import log_node_reports
+from experiments.resume import recorded_options
 from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, code_version, tracking_uri
 from metrics.pipeline_metric import PipelineMetric
 from optimizers.params import parse_params
@@ -181,6 +182,7 @@ def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
                      "sha256": plan.trainset.digest},
         "valset": {"source": plan.val_source, "size": len(plan.val)},
         "version": versions(),
+        "options": recorded_options(opts),  # what `pipec compile --resume RUN_ID` re-runs
     }
     if plan.valset is not None:
         params["valset"].update({"path": plan.valset.path, "sha256": plan.valset.digest})

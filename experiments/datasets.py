@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 from collections.abc import Sequence
@@ -37,27 +38,44 @@ class Dataset:
         return len(self.examples)
 
 
+def _decode(path: Path) -> str:
+    """The file's text: UTF-8, with or without a byte-order mark (spreadsheet programs write one).
+
+    Raises:
+        DatasetError: On bytes that are not UTF-8, naming the line and the byte's column in it.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = " ".join(f"0x{b:02x}" for b in data[exc.start:exc.end])
+        raise DatasetError(f"not UTF-8 text: byte {bad} at byte column {column} ({exc.reason}); save the file "
+                           "as UTF-8", path=str(path), line=line) from exc
+    return text.removeprefix("\ufeff")
+
+
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=str(path),
-                                   line=number) from exc
-            if not isinstance(row, dict):
-                raise DatasetError(f"expected a JSON object, got {type(row).__name__}", path=str(path),
-                                   line=number)
-            rows.append((number, row))
+    for number, line in enumerate(io.StringIO(_decode(path), newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=str(path),
+                               line=number) from exc
+        if not isinstance(row, dict):
+            raise DatasetError(f"expected a JSON object, got {type(row).__name__}", path=str(path),
+                               line=number)
+        rows.append((number, row))
     return rows
 
 
 def _read_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with path.open(encoding="utf-8", newline="") as handle:
+    with io.StringIO(_decode(path), newline="") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader)
@@ -91,10 +109,7 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                            path=str(path))
     if not path.is_file():
         raise DatasetError("file not found", path=str(path))
-    try:
-        return _read_jsonl(path) if kind == "jsonl" else _read_csv(path)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=str(path)) from exc
+    return _read_jsonl(path) if kind == "jsonl" else _read_csv(path)
 
 
 def load_dataset(path: str | Path, pipeline: Pipeline, *, store: str | Path | None = None,

@@ -14,7 +14,10 @@ def list_runs(experiment: str, limit: int = 20) -> list[dict[str, Any]]:
     """The experiment's compile runs, newest first, as plain dicts."""
     from mlflow.tracking import MlflowClient
 
+    from experiments.liveness import KILLED_REASON_TAG, mark_killed_runs
+
     client = MlflowClient()
+    mark_killed_runs("pipec runs list", client)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         known = [e.name for e in client.search_experiments()]
@@ -35,5 +38,7 @@ def list_runs(experiment: str, limit: int = 20) -> list[dict[str, Any]]:
             "baseline_score": metrics.get("baseline.score"),
             "compiled_score": metrics.get("compiled.score"),
             "lm_calls": metrics.get("lm_calls"),
+            "killed_reason": run.data.tags.get(KILLED_REASON_TAG),
+            "resumed_from": run.data.tags.get("pipec.resumed_from"),
         })
     return rows

@@ -13,9 +13,10 @@ import logging
 import math
 import os
 import subprocess
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,9 @@ class RunTracker:
         self._pending: list[Future] = []
         self._failures: list[tuple[str, BaseException]] = []
         self._client: Any = None
+        self._batch_lock = threading.Lock()
+        self._batch: tuple[list[Any], list[Any], list[Any]] = ([], [], [])  # metrics, params, tags
+        self._batch_queued = False
 
     def _warn(self, what: str, exc: BaseException) -> None:
         warnings.warn(f"MLflow tracking: {what} failed ({type(exc).__name__}: {exc}); the job continues",
@@ -100,9 +104,13 @@ class RunTracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from experiments.liveness import mark_killed_runs, process_tags
+
         try:
+            mark_killed_runs(f"pipec {self.tags.get('pipec.kind', 'run')}")
             mlflow.set_experiment(self.experiment)
-            run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+            # The process owning the run, so a later command can tell when it is gone (KILLED).
+            run = mlflow.start_run(run_name=self.run_name, tags={**process_tags(), **self.tags})
             self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
             self._client = MlflowClient()
         except Exception as exc:
@@ -157,19 +165,46 @@ class RunTracker:
         for what, exc in failures:
             self._warn(what, exc)
 
+    def log_batch(self, metrics: Sequence[Any] = (), params: Sequence[Any] = (), tags: Sequence[Any] = ()) -> None:
+        """Queues MLflow ``Metric``/``Param``/``RunTag`` entities for this run, written in few batches.
+
+        Entities queued while the writer is busy with other writes join one pending batch, written
+        by one ``log_batch`` (one store commit) when the writer gets to it: a compile's dozens of
+        metrics and params calls cost a handful of commits, not one each.
+        """
+        if self.run_id is None or self._writer is None:
+            return
+        with self._batch_lock:
+            self._batch[0].extend(metrics)
+            self._batch[1].extend(params)
+            self._batch[2].extend(tags)
+            if self._batch_queued:
+                return
+            self._batch_queued = True
+        self.submit("logging metrics and params", self._write_batch)
+
+    def _write_batch(self, client: Any, run_id: str) -> None:
+        with self._batch_lock:
+            (metrics, params, tags), self._batch = self._batch, ([], [], [])
+            self._batch_queued = False
+        # One value per param and tag key (the last), one entry per metric point.
+        params = list({p.key: p for p in params}.values())
+        tags = list({t.key: t for t in tags}.values())
+        metrics = list({(m.key, m.step, m.timestamp, m.value): m for m in metrics}.values())
+        if metrics or params or tags:
+            client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+
     def params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        values = [Param(k, _param_value(v)) for k, v in flatten(params).items()]
-        self.submit("logging params", lambda client, run_id: client.log_batch(run_id, params=values))
+        self.log_batch(params=[Param(k, _param_value(v)) for k, v in flatten(params).items()])
 
     def metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        values = [Metric(k, float(v), stamp, step) for k, v in flatten(metrics).items()
-                  if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
-        self.submit("logging metrics", lambda client, run_id: client.log_batch(run_id, metrics=values))
+        self.log_batch(metrics=[Metric(k, float(v), stamp, step) for k, v in flatten(metrics).items()
+                                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)])
 
     def text(self, text: str, artifact_file: str) -> None:
         """Logs ``text`` (UTF-8) as the artifact ``artifact_file``."""

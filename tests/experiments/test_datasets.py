@@ -48,11 +48,32 @@ def test_missing_file(tmp_path):
         read_rows(tmp_path / "nope.jsonl")
 
 
-def test_not_utf8(tmp_path):
+def test_not_utf8_names_the_line_and_byte_column(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_bytes(b"message\n\xff\xfe\n")
-    with pytest.raises(DatasetError, match="not UTF-8"):
+    # Line 3 starts with 荷 (3 bytes in UTF-8), then a Latin-1 byte: byte column 4 of line 3.
+    path.write_bytes("message,category,reply\nx,billing,r\n荷".encode() + b"\xe9t\xe9,billing,r\n")
+    with pytest.raises(DatasetError, match=r"d.csv:3: not UTF-8 text: byte 0xe9 at byte column 4 "):
         read_rows(path)
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_bytes(b'{"message": "ok"}\r\n{"message": "\xff"}\n')
+    with pytest.raises(DatasetError, match=r"d.jsonl:2: not UTF-8 text: byte 0xff at byte column 14 "):
+        read_rows(jsonl)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("d.csv", "message,category,reply\r\n荷物が届きません,shipping,ご不便をおかけしております。\r\n"),
+    ("d.jsonl", json.dumps(GOOD, ensure_ascii=False) + "\n"),
+])
+def test_utf8_byte_order_mark_is_accepted(tmp_path, name, text):
+    """Spreadsheet programs save CSV as UTF-8 with a BOM; it is not part of the first column's name."""
+    plain = write(tmp_path / name, text)
+    expected = load_dataset(plain, Triage())
+    with_bom = tmp_path / f"bom-{name}"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    loaded = load_dataset(with_bom, Triage())
+    assert loaded.examples[0].toDict() == GOOD
+    assert loaded.digest == expected.digest
+    assert loaded.lines == expected.lines == ((2,) if name == "d.csv" else (1,))
 
 
 def test_split_is_seeded_and_disjoint(tmp_path):

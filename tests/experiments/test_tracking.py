@@ -31,3 +31,30 @@ def test_a_failed_write_is_a_warning_and_the_run_still_finishes():
         tracker.submit("writing something", broken)
     assert MlflowClient().get_run(tracker.run_id).info.status == "FINISHED"
     assert mlflow.active_run() is None
+
+
+def test_metrics_and_params_queued_while_the_writer_is_busy_go_in_one_batch():
+    import threading
+
+    release = threading.Event()
+    batches = []
+    tracker = RunTracker("t")
+    with tracker.start():
+        client = tracker._client
+        log_batch = client.log_batch
+
+        def counted(run_id, metrics=(), params=(), tags=()):  # the real client, its calls counted
+            batches.append((len(metrics), len(params)))
+            return log_batch(run_id, metrics=metrics, params=params, tags=tags)
+
+        client.log_batch = counted
+        tracker.submit("a slow write", lambda c, r: release.wait())
+        for step in range(20):
+            tracker.metrics({"m": step, "score": 0.5}, step=step)
+        tracker.params({"optimizer": {"k": 8}, "seed": 0})
+        tracker.params({"seed": 0})  # the same param again: written once
+        release.set()
+    assert batches == [(40, 2)]
+    run = MlflowClient().get_run(tracker.run_id)
+    assert run.data.params == {"optimizer.k": "8", "seed": "0"} and run.data.metrics["m"] == 19
+    assert [m.step for m in MlflowClient().get_metric_history(tracker.run_id, "m")] == list(range(20))
