@@ -164,3 +164,45 @@ def test_the_task_inputs_reach_the_judge():
     metric.judge(example, dspy.Prediction(reply="申し訳ありません。月曜日に届きます。"))
     text = prompt(engine)
     assert "message: 荷物はどこですか？" in text and "申し訳ありません。月曜日に届きます。" in text
+
+
+class _Demos:
+    """A JudgeDemoSource answering with fixed rows and remembering what it was asked."""
+
+    def __init__(self, rows=None, error=None):
+        self.rows, self.error, self.asked = rows or [], error, []
+
+    def judge_demos(self, *, validator, rubric, task_inputs, candidate, k):
+        self.asked.append({"validator": validator, "task_inputs": task_inputs, "candidate": candidate, "k": k})
+        if self.error:
+            raise self.error
+        return self.rows[:k]
+
+
+def test_a_demo_source_chooses_the_demos_of_each_call():
+    from metrics.judge import JudgeDemoSource, rubric_id
+
+    judge_lm, engine = scripted({"judgement": {"passed": False, "reason": "no date"}})
+    source = _Demos([{"candidate": "遅れてすみません。", "passed": False, "comment": "日付がない"}])
+    assert isinstance(source, JudgeDemoSource)
+    judge = LLMJudge(RUBRIC, lm=judge_lm.lm, adapter=judge_lm.adapter, mode="binary",
+                     examples=[{"candidate": "fixed demo", "passed": True, "comment": "fine"}],
+                     demo_source=source, demo_k=2)
+    verdict = judge("Sorry!", task_inputs="message: 荷物が届かない")
+    assert verdict.details["judge"] == judge.name == rubric_id(RUBRIC) == rubric_id(f"  {RUBRIC}\n")
+    assert source.asked == [{"validator": judge.name, "task_inputs": "message: 荷物が届かない", "candidate": "Sorry!",
+                             "k": 2}]
+    text = prompt(engine)
+    assert "遅れてすみません。" in text and "日付がない" in text and "fixed demo" not in text
+    assert "荷物が届かない" in text  # the explicit task inputs
+
+
+def test_a_failing_or_empty_demo_source_leaves_the_fixed_demos(caplog):
+    judge_lm, engine = scripted({"judgement": {"passed": True, "reason": "fine"}})
+    fixed = [{"candidate": "fixed demo", "passed": True, "comment": "fine"}]
+    for source in (_Demos(error=RuntimeError("store gone")), _Demos([])):
+        judge = LLMJudge(RUBRIC, lm=judge_lm.lm, adapter=judge_lm.adapter, mode="binary", examples=fixed,
+                         demo_source=source)
+        assert judge("Sorry, Monday.").passed
+        assert "fixed demo" in prompt(engine)
+    assert "the demo source failed (RuntimeError: store gone)" in caplog.text
