@@ -6,12 +6,54 @@ figure state and no GUI backend, whatever the environment's ``MPLBACKEND``).
 
 from __future__ import annotations
 
+import functools
+import glob
 import io
+import os
 import warnings
 
 from metrics.classification import ClassificationReport
 
-__all__ = ["confusion_png"]
+__all__ = ["cjk_font_path", "confusion_png"]
+
+# Fonts that draw Japanese (and Latin), most preferred first; the first one installed is used.
+_CJK_FAMILIES = ("Noto Sans CJK JP", "Noto Sans JP", "IPAexGothic", "IPAGothic", "TakaoGothic",
+                 "Noto Sans CJK SC", "WenQuanYi Zen Hei", "Droid Sans Fallback")
+_CJK_FILES = ("NotoSansCJK-Regular.ttc", "NotoSansCJKjp-Regular.otf", "NotoSansJP-Regular.*", "ipaexg.ttf",
+              "ipag.ttf", "TakaoGothic.ttf", "wqy-zenhei.ttc", "DroidSansFallbackFull.ttf")
+_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts",
+              "/Library/Fonts", "/System/Library/Fonts", "C:/Windows/Fonts")
+
+
+@functools.cache
+def cjk_font_path() -> str | None:
+    """The file of an installed font that draws Japanese, or None (Debian: ``fonts-noto-cjk``).
+
+    Matplotlib's font list is cached on disk and misses fonts installed after it was built, so
+    the usual font directories are searched too.
+    """
+    from matplotlib import font_manager
+
+    by_name = {font.name: font.fname for font in font_manager.fontManager.ttflist}
+    for family in _CJK_FAMILIES:
+        if family in by_name:
+            return by_name[family]
+    for directory in _FONT_DIRS:
+        root = os.path.expanduser(directory)
+        for pattern in _CJK_FILES:
+            found = sorted(glob.glob(os.path.join(root, "**", pattern), recursive=True))
+            if found:
+                return found[0]
+    return None
+
+
+def _use_font(figure: object, path: str) -> None:
+    """Draws every text of ``figure`` with the font file at ``path`` (per text: no global rcParams)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.text import Text
+
+    for text in figure.findobj(Text):  # type: ignore[attr-defined]
+        text.set_fontproperties(FontProperties(fname=path, size=text.get_fontsize(), weight=text.get_fontweight()))
 
 
 def confusion_png(report: ClassificationReport, title: str) -> bytes:
@@ -25,7 +67,7 @@ def confusion_png(report: ClassificationReport, title: str) -> bytes:
     from matplotlib.figure import Figure
 
     with warnings.catch_warnings():
-        # Labels in a script the default font lacks (Japanese) draw as boxes; the warning is noise.
+        # Without a CJK font installed, Japanese labels draw as boxes; the glyph warning is noise then.
         warnings.simplefilter("ignore")
         labels = list(report.confusion)
         counts = [[report.confusion[g][p] for p in labels] for g in labels]
@@ -44,6 +86,9 @@ def confusion_png(report: ClassificationReport, title: str) -> bytes:
             for j, count in enumerate(row):
                 axes.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
         figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+        font = cjk_font_path()
+        if font is not None:
+            _use_font(figure, font)
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
