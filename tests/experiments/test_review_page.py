@@ -265,3 +265,27 @@ def test_a_correction_made_in_the_browser_is_a_demo_for_the_next_pipec_run(brows
     (record,) = run(near)
     demos = record["calls"][0]["demos"]
     assert demos and demos[-1] == {"message": tricky, "category": "shipping"}  # the nearest: the correction
+
+
+def test_a_graded_rubric_takes_a_1_to_5_score_and_j_k_move_between_steps(browser, served):
+    from playwright.sync_api import expect
+
+    server, seeded = served
+    with Store.open(seeded.path) as store:  # a judge in score mode graded t02's reply
+        store.add_verdicts([{"trace_id": "t02", "call_id": "t02/1", "node": "reply", "validator": seeded.judge,
+                             "source": "judge", "score": 0.75, "passed": True,
+                             "details": {"judge_score": 0.75, "judge_comment": "丁寧です"}}])
+    page = browser.new_page()
+    page.goto(f"{server.url}/item/t02")
+    scores = page.locator("#scores")
+    expect(page.locator("#focus-name")).to_have_text("reply")
+    expect(scores).to_be_visible()
+    page.keyboard.press("k")
+    expect(page.locator("#focus-name")).to_have_text("classify")
+    expect(scores).to_be_hidden()  # the classifier has no graded rubric
+    page.keyboard.press("j")
+    expect(page.locator("#focus-name")).to_have_text("reply")
+    _save(page, "4")
+    (label,) = _query(seeded.path, "SELECT * FROM labels WHERE trace_id = 't02'")
+    assert (label["call_id"], label["score"], label["passed"], label["validator"]) == ("t02/1", 4, True,
+                                                                                      seeded.judge)
