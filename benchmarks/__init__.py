@@ -18,6 +18,8 @@ BENCHMARKS = {
     "cache": "benchmarks.cache",
     "local-lm": "benchmarks.local_lm",
     "quality": "benchmarks.quality",
+    "intents77": "benchmarks.intents77",
+    "restaurants": "benchmarks.restaurants",
     "recording": "benchmarks.recording",
     "store": "benchmarks.store",
 }

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 K_GRID = (8, 4, 16)
 """The ``k`` values tried, default first."""
+NARROW_GRID = (None, 4, 2)
+"""The ``narrow`` values tried with ``narrow=auto``: no narrowing first."""
 MIN_VAL = 8  # fewer valset examples than this cannot tell settings apart; tune fewer settings instead
 
 
@@ -56,6 +58,14 @@ class RetrievalFewShot(Teleprompter):
             ``nearest_first`` (tuned, nearest_last first).
         balance: For classifier nodes, allow at most ``ceil(k/2)`` demos of one label, so the
             demos never all argue for one answer (tuned, off first).
+        narrow: For classifier nodes, offer the LM only the labels of the ``k`` nearest pool
+            examples, at most this many, most voted first (``programs.label_narrowing``);
+            ``auto`` tunes it over none, 4 and 2; None leaves the node's own setting.
+        mode: For classifier nodes, ``lm`` (one LM call) or ``vote`` (the neighbours' vote, no LM
+            call); ``auto`` tunes it (lm first); None leaves the node's own setting.
+        schema_linking, grammar, repair, samples: For code-generator nodes, the CodeGen settings
+            of the same names (``programs.sql_steps``), applied as given, not tuned; None leaves
+            the node's own setting.
         max_lm_calls: LM calls the tuning may spend, counted as valset examples x nodes per
             candidate evaluated; the valset is subsampled to fit. 0 means no tuning.
         num_threads: Threads for the valset evaluations.
@@ -69,6 +79,8 @@ class RetrievalFewShot(Teleprompter):
 
     def __init__(self, metric: Callable[..., Any] | None = None, *, k: int | None = None,
                  embedding: str | None = None, order: str | None = None, balance: bool | None = None,
+                 narrow: int | str | None = None, mode: str | None = None, schema_linking: bool | None = None,
+                 grammar: bool | None = None, repair: bool | None = None, samples: int | None = None,
                  max_lm_calls: int = 300, num_threads: int = 1, seed: int = 0, pool: str = "trainset") -> None:
         super().__init__()
         if k is not None and int(k) < 1:
@@ -82,23 +94,39 @@ class RetrievalFewShot(Teleprompter):
                                   "or use embedding=hash")
         if pool not in POOLS:
             raise ConfigError(f"unknown pool {pool!r}: choose one of {', '.join(POOLS)}")
+        if narrow is not None and narrow != "auto" and (isinstance(narrow, bool) or not isinstance(narrow, int)
+                                                        or narrow < 1):
+            raise ConfigError(f"narrow must be a whole number >= 1 or 'auto', got {narrow!r}")
+        if mode is not None and mode not in ("lm", "vote", "auto"):
+            raise ConfigError(f"unknown mode {mode!r}: choose lm, vote or auto")
+        if samples is not None and int(samples) < 1:
+            raise ConfigError(f"samples must be at least 1, got {samples}")
         if int(max_lm_calls) < 0:
             raise ConfigError(f"max_lm_calls must be >= 0, got {max_lm_calls}")
         self.metric = metric
         self.k, self.embedding, self.order, self.balance = k, embedding, order, balance
         self.max_lm_calls, self.num_threads, self.seed = int(max_lm_calls), max(1, int(num_threads)), seed
         self.pool = pool
+        self.narrow, self.mode = narrow, mode
+        self.codegen = {k: v for k, v in {"schema_linking": schema_linking, "grammar": grammar, "repair": repair,
+                                          "samples": samples}.items() if v is not None}
         self.chosen: dict[str, Any] = {}
 
     def _grid(self) -> dict[str, list[Any]]:
         """Each setting's values to try, its default first; a fixed setting has one value."""
         embeddings = ["hash"] + (["minilm"] if embedding_available("minilm") else [])
-        return {
+        grid = {
             "embedding": [self.embedding] if self.embedding is not None else embeddings,
             "k": [int(self.k)] if self.k is not None else list(K_GRID),
             "order": [self.order] if self.order is not None else list(ORDERS),
             "balance": [bool(self.balance)] if self.balance is not None else [False, True],
         }
+        # Classifier settings join the search only when asked for, so the default search is unchanged.
+        if self.narrow is not None:
+            grid["narrow"] = list(NARROW_GRID) if self.narrow == "auto" else [int(self.narrow)]
+        if self.mode is not None:
+            grid["mode"] = ["lm", "vote"] if self.mode == "auto" else [self.mode]
+        return grid
 
     def compile(self, student: dspy.Module, *, trainset: Sequence[dspy.Example],
                 valset: Sequence[dspy.Example] | None = None) -> dspy.Module:
@@ -125,6 +153,9 @@ class RetrievalFewShot(Teleprompter):
                                               for name, pool in pools.items()}
             for name, base in bases[config["embedding"]].items():
                 program.nodes()[name].retrieval = base.with_settings(**_settings(config, base), pool=self.pool)
+                _apply_node_settings(program.nodes()[name], config, {})
+            for node in program.nodes().values():
+                _apply_node_settings(node, {}, self.codegen)
 
         # Every node runs on every example, retrieving or not: that is what a candidate costs.
         config, report = self._search(program, grid, apply, list(valset or []), len(program.nodes()))
@@ -172,6 +203,17 @@ class RetrievalFewShot(Teleprompter):
         score = float(evaluate(program).score) / 100.0  # Evaluate reports a percentage
         logger.info("knn candidate %s: %.3f on %d valset examples", config, score, len(val))
         return score
+
+
+def _apply_node_settings(node: Any, config: dict[str, Any], codegen: dict[str, Any]) -> None:
+    """Classifier settings from the search config; fixed CodeGen settings."""
+    if node.kind == "classifier":
+        for key in ("narrow", "mode"):
+            if key in config:
+                setattr(node, key, config[key])
+    elif node.kind == "codegen":
+        for key, value in codegen.items():
+            setattr(node, key, value)
 
 
 def _settings(config: dict[str, Any], base: Retrieval) -> dict[str, Any]:
