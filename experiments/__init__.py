@@ -1,11 +1,13 @@
 """How runs are executed and recorded: LMs, datasets, compile/evaluate, MLflow tracking, the CLI."""
 
+from experiments.alignment import LabelledJudgeDemos, align_judge, cohen_kappa, judge_agreement
 from experiments.compile import CompileOptions, compile_pipeline, render_prompts
 from experiments.datasets import Dataset, load_dataset, split_dataset
 from experiments.evaluate import EvalReport, ExampleResult, LMUsage, evaluate_program, lm_usage
 from experiments.evaluate_run import EvaluateOptions, evaluate_pipeline
 from experiments.lm import LMConfig, make_lm
 from experiments.recording import Recorder
+from experiments.review import QueueFilters, ReviewInput, queue, save_review
 from experiments.runner import Trace, program_version, run_traced
 from experiments.runs import list_runs
 from experiments.tracking import RunTracker
@@ -18,18 +20,26 @@ __all__ = [
     "ExampleResult",
     "LMConfig",
     "LMUsage",
+    "LabelledJudgeDemos",
+    "QueueFilters",
     "Recorder",
+    "ReviewInput",
     "RunTracker",
     "Trace",
+    "align_judge",
+    "cohen_kappa",
     "compile_pipeline",
     "evaluate_pipeline",
     "evaluate_program",
+    "judge_agreement",
     "list_runs",
     "lm_usage",
     "load_dataset",
     "make_lm",
     "program_version",
+    "queue",
     "render_prompts",
     "run_traced",
+    "save_review",
     "split_dataset",
 ]
