@@ -15,7 +15,7 @@ import click
 
 from experiments.review_cli import judge as judge_group
 from experiments.review_cli import review_cmd
-from programs.errors import PipecError, StoreError, UserError
+from programs.errors import LMConfigError, PipecError, StoreError, UserError
 
 __all__ = ["cli", "main"]
 
@@ -84,6 +84,8 @@ def _run(fn: Callable[[], Any]) -> Any:
             return fn()
     except StoreError as exc:  # one line, exit 2: the store is busy, missing or from a newer pipec
         raise _StoreProblem(str(exc)) from exc
+    except LMConfigError as exc:  # one line naming the model and the fix, exit 2 (see experiments.lm_errors)
+        raise _StoreProblem(str(exc)) from exc
     except UserError as exc:
         raise click.UsageError(str(exc)) from exc
     except PipecError as exc:
@@ -91,6 +93,8 @@ def _run(fn: Callable[[], Any]) -> Any:
 
 
 class _StoreProblem(click.ClickException):
+    """A user error told in one line (no usage text), exit status 2: a store or LM setting."""
+
     exit_code = 2
 
 
@@ -123,6 +127,10 @@ _LM_HELP = ("'local' (the embedded SmolLM2-135M, no key needed) or a LiteLLM mod
             "openai/gpt-4o-mini (key from the environment, e.g. OPENAI_API_KEY). Default: $PIPEC_LM, else local.")
 _JUDGE_LM_HELP = ("The LM of the writers' LLM judges (nodes with a 'rubric' rule), in the same forms as --lm. "
                   "Default: $PIPEC_JUDGE_LM, else the task LM.")
+_PREFLIGHT_HELP = ("Skip the preflight. Before a run starts, every remote LM it will use (--lm, --judge-lm, the "
+                   "optimizer's) has its provider and key checked and answers one tiny uncached request (8 "
+                   "tokens, about one round trip), so a missing or rejected key, an unknown model or a dead "
+                   "--api-base is one line and exit status 2, with no run. The embedded LM needs no call.")
 
 
 @cli.command("compile")
@@ -150,11 +158,12 @@ _JUDGE_LM_HELP = ("The LM of the writers' LLM judges (nodes with a 'rubric' rule
 @click.option("--judge-lm", envvar="PIPEC_JUDGE_LM", default=None, help=_JUDGE_LM_HELP)
 @click.option("--store", envvar="PIPEC_STORE", help="The flywheel store a store: trainset reads. Default: "
               "$PIPEC_STORE, else $PIPEC_HOME/store.duckdb.")
+@click.option("--no-preflight", is_flag=True, help=_PREFLIGHT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimizer: str, params: tuple[str, ...],
                 lm: str | None, api_base: str | None, seed: int, out: str | None, threads: int | None,
                 experiment: str, no_cache: bool, judge_lm: str | None, as_json: bool,
-                store: str | None = None) -> None:
+                store: str | None = None, no_preflight: bool = False) -> None:
     """Compile PIPELINE (a built-in name such as triage or sql, or path/to/file.py:ClassName).
 
     Evaluates the pipeline on the valset, compiles it with the optimizer on the trainset,
@@ -165,7 +174,7 @@ def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimiz
     opts = CompileOptions(pipeline=pipeline, optimizer=optimizer, trainset=trainset, valset=valset,
                           params=params, lm=lm, api_base=api_base, seed=seed, out=out, threads=threads,
                           experiment=experiment, progress=True, cache=not no_cache, judge_lm=judge_lm,
-                          store=store)
+                          store=store, preflight=not no_preflight)
     result = _run(lambda: compile_pipeline(opts, say=_say))
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
@@ -207,9 +216,11 @@ def demo(optimizer: str, lm: str, as_json: bool) -> None:
 @click.option("--experiment", envvar="PIPEC_EXPERIMENT", default="pipec", show_default=True,
               help="MLflow experiment name.")
 @click.option("--no-cache", is_flag=True, help="Bypass DSPy's LM response cache.")
+@click.option("--no-preflight", is_flag=True, help=_PREFLIGHT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate_cmd(target: str, devset: str | None, pipeline: str | None, lm: str | None, judge_lm: str | None,
-                 api_base: str | None, threads: int | None, experiment: str, no_cache: bool, as_json: bool) -> None:
+                 api_base: str | None, threads: int | None, experiment: str, no_cache: bool, as_json: bool,
+                 no_preflight: bool = False) -> None:
     """Evaluate PIPELINE_OR_PROGRAM per node: a pipeline (triage, sql, path/to/file.py:ClassName) or a
     compiled program (the .json file pipec compile saved).
 
@@ -220,7 +231,8 @@ def evaluate_cmd(target: str, devset: str | None, pipeline: str | None, lm: str 
     from experiments.evaluate_run import EvaluateOptions, evaluate_pipeline, evaluation_table
 
     opts = EvaluateOptions(target=target, devset=devset, pipeline=pipeline, lm=lm, judge_lm=judge_lm,
-                           api_base=api_base, threads=threads, experiment=experiment, cache=not no_cache)
+                           api_base=api_base, threads=threads, experiment=experiment, cache=not no_cache,
+                           preflight=not no_preflight)
     result = _run(lambda: evaluate_pipeline(opts, say=_say))
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))

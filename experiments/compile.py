@@ -26,7 +26,8 @@ from experiments.alignment import judge_alignment_metrics
 from experiments.candidates import candidate_runs
 from experiments.datasets import Dataset, load_dataset, split_dataset
 from experiments.evaluate import EvalReport, evaluate_program, lm_usage
-from experiments.lm import LMConfig, make_lm
+from experiments.lm import LMConfig, make_lm, raise_config_errors
+from experiments.preflight import lms_in, preflight
 from experiments.program_meta import program_meta, stamp_program
 from experiments.reports import log_node_reports
 from experiments.resume import recorded_options
@@ -64,6 +65,7 @@ class CompileOptions:
     extra_tags: dict[str, str] = field(default_factory=dict)
     judge_lm: str | LMConfig | None = None  # the writers' LLM judges; the task LM if None
     store: str | None = None  # the flywheel store a store: trainset reads; $PIPEC_STORE or $PIPEC_HOME if None
+    preflight: bool = True  # every remote LM answers one tiny request before the run (experiments.preflight)
 
 
 def versions() -> dict[str, str]:
@@ -136,6 +138,7 @@ class _Plan:
     prepared: Any
     threads: int
     out: Path
+    lms: list = field(default_factory=list)  # (flag, LM) for every LM the compile uses: preflight, config errors
 
 
 def _plan(opts: CompileOptions) -> _Plan:
@@ -157,13 +160,14 @@ def _plan(opts: CompileOptions) -> _Plan:
     params = parse_params(opts.params)
     judge = opts.judge_lm
     if isinstance(judge, str):
-        judge = make_lm(judge, api_base=opts.api_base, cache=opts.cache)
+        judge = make_lm(judge, api_base=opts.api_base, cache=opts.cache, flag="--judge-lm")
     metric = PipelineMetric(pipeline, feedback=spec_for(opts.optimizer).feedback, judge_lm=judge)
     prepared = prepare_optimizer(opts.optimizer, metric, params, seed=opts.seed, lm=lm.lm, threads=threads)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = Path(opts.pipeline.split(":")[-1]).stem.lower()
     out = Path(opts.out) if opts.out else Path("compiled") / f"{name}-{opts.optimizer}-{stamp}.json"
-    return _Plan(pipeline, trainset, train, val, val_source, valset, lm, metric, prepared, threads, out)
+    lms = lms_in(("--lm", lm), ("--judge-lm", judge), ("--optimizer", prepared.teleprompter))
+    return _Plan(pipeline, trainset, train, val, val_source, valset, lm, metric, prepared, threads, out, lms)
 
 
 def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
@@ -218,12 +222,16 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
         UserError: Bad pipeline, dataset, optimizer or setting, before any run is started.
     """
     plan = _plan(opts)
+    checked = preflight(plan.lms, say=say) if opts.preflight else None
     say(f"Valset: {plan.val_source}.")
     tracker = RunTracker(opts.experiment, run_name=f"{opts.pipeline.split(':')[-1]}-{opts.optimizer}",
                          tags={"pipec.kind": "compile", **opts.extra_tags})
     started = time.perf_counter()
-    with tracker.start(), dspy.context(lm=plan.lm.lm, adapter=plan.lm.adapter):
+    with tracker.start(), dspy.context(lm=plan.lm.lm, adapter=plan.lm.adapter), \
+            raise_config_errors(*(lm for _, lm in plan.lms)):
         tracker.params(_params(opts, plan))
+        if checked is not None:
+            tracker.metrics({"preflight.seconds": checked.seconds})
         tracker.metrics(judge_alignment_metrics(plan.metric, opts.store))  # the judges vs people, from the store
         say(f"Baseline: evaluating {len(plan.val)} examples on {plan.lm.settings['model']}.")
         baseline = _evaluate(tracker, "baseline", plan.pipeline, plan, opts)

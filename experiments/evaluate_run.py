@@ -21,7 +21,8 @@ import dspy
 from experiments.compile import versions
 from experiments.datasets import Dataset, load_dataset
 from experiments.evaluate import evaluate_program
-from experiments.lm import LMConfig, make_lm
+from experiments.lm import LMConfig, make_lm, raise_config_errors
+from experiments.preflight import lms_in, preflight
 from experiments.program_meta import read_program_meta
 from experiments.reports import log_node_reports
 from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, code_version, tracking_uri
@@ -51,6 +52,7 @@ class EvaluateOptions:
     progress: bool = True
     cache: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
+    preflight: bool = True  # every remote LM answers one tiny request before the run (experiments.preflight)
 
 
 @dataclass
@@ -103,7 +105,7 @@ def _plan(opts: EvaluateOptions) -> _Plan:
     lm = opts.lm if isinstance(opts.lm, LMConfig) else make_lm(opts.lm, api_base=opts.api_base, cache=opts.cache)
     judge = opts.judge_lm
     if isinstance(judge, str):
-        judge = make_lm(judge, api_base=opts.api_base, cache=opts.cache)
+        judge = make_lm(judge, api_base=opts.api_base, cache=opts.cache, flag="--judge-lm")
     metric = PipelineMetric(pipeline, judge_lm=judge)
     threads = opts.threads or (1 if lm.engine is not None else 8)
     return _Plan(spec, program_path, pipeline, devset, lm, judge, metric, threads)
@@ -141,14 +143,19 @@ def evaluate_pipeline(opts: EvaluateOptions, say: Callable[[str], None] = logger
         UserError: Bad target, program, devset, setting or rule, before any run is started.
     """
     plan = _plan(opts)
+    lms = lms_in(("--lm", plan.lm), ("--judge-lm", plan.judge))
+    checked = preflight(lms, say=say) if opts.preflight else None
     name = Path(plan.program_path).stem if plan.program_path else plan.spec.split(":")[-1]
     tracker = RunTracker(opts.experiment, run_name=f"evaluate-{name}",
                          tags={"pipec.kind": "evaluate", **opts.extra_tags})
     started = time.perf_counter()
     say(f"Evaluating {plan.spec}{f' ({plan.program_path})' if plan.program_path else ''} on "
         f"{len(plan.devset)} examples of {plan.devset.path} with {plan.lm.settings['model']}.")
-    with tracker.start(), dspy.context(lm=plan.lm.lm, adapter=plan.lm.adapter):
+    with tracker.start(), dspy.context(lm=plan.lm.lm, adapter=plan.lm.adapter), \
+            raise_config_errors(*(lm for _, lm in lms)):
         tracker.params(_params(opts, plan))
+        if checked is not None:
+            tracker.metrics({"preflight.seconds": checked.seconds})
         examples = list(plan.devset.examples)
         report = evaluate_program(plan.pipeline, examples, plan.metric, threads=plan.threads,
                                   progress=opts.progress)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_EXPERIMENT", "RunTracker", "code_version", "flatten", "tracking_uri"]
+__all__ = ["DEFAULT_EXPERIMENT", "RunTracker", "code_version", "failure_tags", "flatten", "tracking_uri"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,16 @@ def code_version(path: str | os.PathLike | None = None) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()} if commit else {}
+
+
+def failure_tags(exc: BaseException) -> dict[str, str]:
+    """Why a run FAILED, as tags: ``pipec.failure`` (one line, no secrets) and ``pipec.failure.reason``
+    (a short name: ``lm_auth``, ``lm_unreachable``... for LM errors, else the exception's type)."""
+    from experiments.lm_errors import one_line
+
+    reason = getattr(exc, "reason", None)
+    return {"pipec.failure": one_line(f"{type(exc).__name__}: {exc}", limit=1000),
+            "pipec.failure.reason": reason if isinstance(reason, str) else type(exc).__name__}
 
 
 class RunTracker:
@@ -124,6 +134,11 @@ class RunTracker:
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
+            raise
+        except Exception as exc:  # the reason the run FAILED, on the run itself
+            tags = failure_tags(exc)
+            self.submit("tagging the failure", lambda client, run_id: [client.set_tag(run_id, k, v)
+                                                                       for k, v in tags.items()])
             raise
         finally:
             self.flush()

@@ -111,3 +111,47 @@ def test_json_output_is_one_object_on_stdout(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     parsed = json.loads(result.stdout)
     assert parsed["run_id"] and "Bootstrapped" in result.stderr
+
+
+# An LM that cannot answer is an error, not a score of 0 (experiments.lm_errors, experiments.preflight).
+
+def all_runs():
+    client = MlflowClient()
+    experiments = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in experiments]) if experiments else []
+
+
+@pytest.mark.parametrize("args, line", [
+    (["compile", "triage", "-o", "labeled", "--lm", "openai/gpt-4o-mini"],
+     "Error: --lm openai/gpt-4o-mini: no API key: set OPENAI_API_KEY (or pass --lm local)"),
+    (["compile", "triage", "-o", "labeled", "--lm", "nosuchprovider/model-x"],
+     "Error: unknown provider 'nosuchprovider' in --lm nosuchprovider/model-x: use a LiteLLM model string such as "
+     "openai/gpt-4o-mini"),
+    (["evaluate", "triage", "--lm", "local", "--judge-lm", "nosuchprovider/j"],
+     "Error: unknown provider 'nosuchprovider' in --judge-lm nosuchprovider/j: use a LiteLLM model string such as "
+     "openai/gpt-4o-mini"),
+])
+def test_an_lm_that_cannot_answer_is_one_line_exit_2_and_no_run(monkeypatch, args, line):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [line]
+    assert all_runs() == []  # found by the preflight, before any run existed
+
+
+def test_a_configuration_error_mid_run_fails_the_run_with_the_reason(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    result = run("compile", "triage", "-o", "labeled", "--lm", "openai/gpt-4o-mini", "--no-preflight")
+    assert result.exit_code == 2, result.output
+    assert error_line(result) == "Error: --lm openai/gpt-4o-mini: no API key: set OPENAI_API_KEY (or pass --lm local)"
+    [failed] = all_runs()
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["pipec.failure.reason"] == "lm_auth"
+    assert "no API key: set OPENAI_API_KEY" in failed.data.tags["pipec.failure"]
+    assert not any(k.startswith("baseline.") for k in failed.data.metrics)  # no score was recorded
+
+
+def test_help_says_the_preflight_happens():
+    for command in ("compile", "evaluate"):
+        text = " ".join(run(command, "--help").output.split())
+        assert "--no-preflight" in text and "answers one tiny uncached request" in text
