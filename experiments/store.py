@@ -352,10 +352,6 @@ def _json(value: Any) -> str | None:
     return None if value is None else _encode(value)
 
 
-def _position(call: Any) -> int:
-    return call.position
-
-
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -371,6 +367,7 @@ class Store:
     """
 
     def __init__(self, con: Any, path: Path, read_only: bool) -> None:
+        con.execute("SET enable_progress_bar = false")  # this connection only: no bars on the user's terminal
         self._con = con
         self.path = path
         self.read_only = read_only
@@ -530,8 +527,9 @@ class Store:
         traces = list(traces)
         trace_ids = [str(t.trace_id) for t in traces]
         created = [_utc(getattr(t, "started_at", None)) for t in traces]
-        # Column by column: this loop is the append's cost (DuckDB inserts the batch in a few us a row).
-        per_trace = [list(getattr(t, "calls", None) or ()) for t in traces]
+        # Few containers that outlive a line: each would count towards a full garbage collection,
+        # which walks the whole heap and costs more than the append itself.
+        per_trace = [getattr(t, "calls", None) or () for t in traces]
         calls = [c for cs in per_trace for c in cs]
         counts = [len(cs) for cs in per_trace]
         call_trace_ids = [tid for tid, n in zip(trace_ids, counts, strict=True) for _ in range(n)]
@@ -543,8 +541,8 @@ class Store:
             "program_version": (text, [getattr(t, "program_version", None) for t in traces]),
             "mlflow_run_id": (text, [mlflow_run_id] * len(traces)),
             "source": (text, [source] * len(traces)),
-            "inputs": (text, [encode(dict(t.inputs or {})) for t in traces]),
-            "outputs": (text, [None if o is None else encode(dict(o)) for o in outputs]),
+            "inputs": (text, [encode(t.inputs or {}) for t in traces]),
+            "outputs": (text, [None if o is None else encode(o) for o in outputs]),
             "error": (text, [getattr(t, "error", None) for t in traces]),
             "error_kind": (text, [getattr(t, "error_kind", None) for t in traces]),
             "seconds": (num, [float(getattr(t, "seconds", 0.0) or 0.0) for t in traces]),
@@ -572,23 +570,41 @@ class Store:
             "created_at": (ts, [at for at, n in zip(created, counts, strict=True) for _ in range(n)]),
             "lm_error": (flag, [bool(getattr(c, "lm_error", False)) for c in calls]),
         }
-        v_rows: list[dict[str, Any]] = []
-        for trace_id, at, trace in zip(trace_ids, created, traces, strict=True):
-            judged = (verdicts or {}).get(trace_id)
+        if verdict_source not in _VERDICT_SOURCES:
+            raise StoreError(f"verdict source {verdict_source!r} is not one of: {', '.join(_VERDICT_SOURCES)}")
+        # The verdict id is the call (or trace and node), validator and source: the same verdict
+        # appended twice is refused.
+        ids, v_trace, v_call, v_node, v_validator, judged_by, v_at = [], [], [], [], [], [], []
+        for trace_id, at, cs in zip(trace_ids, created, per_trace, strict=True):
+            judged = verdicts.get(trace_id) if verdicts else None
             if not judged:
                 continue
-            last_call = {c.node: f"{trace_id}/{c.position}" for c in sorted(trace.calls or (), key=_position)}
+            last_call = {c.node: f"{trace_id}/{c.position}" for c in cs}  # calls are in order: the last wins
             for node, verdict in judged.items():
-                per_validator = verdict.items() if isinstance(verdict, Mapping) else [("node", verdict)]
+                call_id = last_call.get(node)
+                per_validator = verdict.items() if isinstance(verdict, Mapping) else (("node", verdict),)
                 for validator, one in per_validator:
-                    v_rows.append({"trace_id": trace_id, "call_id": last_call.get(node), "node": node,
-                                   "validator": validator, "source": verdict_source, "score": one.score,
-                                   "passed": one.passed, "counted": one.counted, "feedback": one.feedback,
-                                   "details": one.details, "created_at": at})
+                    ids.append(f"{call_id or f'{trace_id}/{node}'}:{validator}:{verdict_source}")
+                    v_trace.append(trace_id)
+                    v_call.append(call_id)
+                    v_node.append(node)
+                    v_validator.append(validator)
+                    judged_by.append(one)
+                    v_at.append(at)
+        v_cols = {
+            "verdict_id": (text, ids), "trace_id": (text, v_trace), "call_id": (text, v_call),
+            "node": (text, v_node), "validator": (text, v_validator), "source": (text, [verdict_source] * len(ids)),
+            "score": (num, [None if v.score is None else float(v.score) for v in judged_by]),
+            "passed": (flag, [bool(v.passed) for v in judged_by]),
+            "counted": (flag, [bool(v.counted) for v in judged_by]),
+            "feedback": (text, [v.feedback for v in judged_by]),
+            "details": (text, [encode(v.details) if v.details else "{}" for v in judged_by]),
+            "created_at": (ts, v_at),
+        }
         with self._transaction() as con:
             self._insert(con, "traces", t_cols)
             self._insert(con, "node_calls", c_cols)
-            self._insert_verdicts(con, v_rows)
+            self._insert(con, "verdicts", v_cols)
         return len(calls)
 
     def _insert_verdicts(self, con: Any, rows: Sequence[Mapping[str, Any]]) -> None:
