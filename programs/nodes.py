@@ -20,8 +20,10 @@ import dspy
 
 from programs.demo_pool import LivePool
 from programs.errors import PipelineError
+from programs.label_narrowing import MODES, classify, default_instructions
 from programs.query_prompt import QueryPrompt
 from programs.retrieval import Retrieval
+from programs.sql_steps import generate_sql
 from programs.trace import record_node_call
 
 __all__ = ["Classifier", "CodeGen", "Node", "Writer"]
@@ -78,6 +80,7 @@ class Node(dspy.Predict):
     """
 
     kind: ClassVar[str] = "node"
+    settings: ClassVar[tuple[str, ...]] = ()  # node settings saved with the program's state
     retrieval: Retrieval | None
     live_pool: LivePool | None = None
 
@@ -99,7 +102,7 @@ class Node(dspy.Predict):
         kwargs = self._query_instruction(self._retrieve(kwargs))
         # Recorded as one node call (inputs, output, demos, latency, tokens, error) when a capture
         # is in force (programs.trace); otherwise just the prediction.
-        return record_node_call(self, kwargs, lambda: super(Node, self).forward(**kwargs))
+        return record_node_call(self, kwargs, lambda: self._predict(kwargs))
 
     async def aforward(self, **kwargs: Any) -> dspy.Prediction:
         return await super().aforward(**self._query_instruction(self._retrieve(kwargs)))
@@ -114,6 +117,11 @@ class Node(dspy.Predict):
         instructions = f"{self.signature.instructions}\n\n{written}"
         return {**kwargs, "signature": self.signature.with_instructions(instructions)}
 
+    def _predict(self, kwargs: dict[str, Any]) -> dspy.Prediction:
+        """The node's prediction for one call: one LM call here; a kind may add steps (a vote,
+        a repair), all inside this one node call so it is recorded whole."""
+        return super().forward(**kwargs)
+
     def _retrieve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         if "demos" in kwargs:  # demos passed by the caller win
             return kwargs
@@ -127,6 +135,8 @@ class Node(dspy.Predict):
         state = super().dump_state(json_mode=json_mode)
         if self.retrieval is not None:
             state["retrieval"] = self.retrieval.dump()
+        if self.settings:
+            state["settings"] = {name: getattr(self, name) for name in self.settings}
         if self.query_prompt is not None:
             state["query_prompt"] = self.query_prompt.dump()
         return state
@@ -134,6 +144,9 @@ class Node(dspy.Predict):
     def load_state(self, state: dict[str, Any], **kwargs: Any) -> Node:
         state = dict(state)
         retrieval = state.pop("retrieval", None)  # Predict.load_state would set it raw
+        for name, value in (state.pop("settings", None) or {}).items():
+            if name in self.settings:
+                setattr(self, name, value)
         query_prompt = state.pop("query_prompt", None)
         super().load_state(state, **kwargs)
         self.retrieval = Retrieval.load(retrieval) if retrieval else None
@@ -162,19 +175,48 @@ class Classifier(Node):
         output: The output field name.
         labels: The closed label set, in a stable order.
         instructions: The task instruction optimizers start from.
+        mode: ``lm`` (one LM call, the default) or ``vote``: the similarity-weighted label vote of
+            the retrieval's ``k`` nearest pool examples, no LM call (needs ``--optimizer knn``).
+        narrow: With a retrieval, offer the LM only the labels of the nearest pool examples, at
+            most this many, most voted first: the call's output type becomes ``Literal`` of
+            those, and the demos are the neighbours that carry them. When they agree on one
+            label no LM call is made. None (default): all labels.
+        confident: With ``narrow``, no LM call either when the top label holds at least this
+            share of the neighbours' vote weight (None: only when they agree).
+        label_descriptions: ``{label: text}``, a line per label in the instructions (for a
+            narrowed call, only its labels').
+
+    See ``programs.label_narrowing``.
     """
 
     kind: ClassVar[str] = "classifier"
 
+    settings: ClassVar[tuple[str, ...]] = ("mode", "narrow", "confident", "label_descriptions")
+
     def __init__(self, inputs: InputSpec, *, output: str = "label", labels: Sequence[str],
-                 instructions: str = "", **kwargs: Any):
+                 instructions: str = "", mode: str = "lm", narrow: int | None = None,
+                 confident: float | None = None, label_descriptions: Mapping[str, str] | None = None, **kwargs: Any):
         labels = tuple(dict.fromkeys(str(label) for label in labels))
         if len(labels) < 2:
             raise PipelineError(f"a classifier needs at least two labels, got {list(labels)}")
-        instructions = instructions or f"Classify the input into exactly one of: {', '.join(labels)}."
+        if mode not in MODES:
+            raise PipelineError(f"unknown classifier mode {mode!r}: choose one of {', '.join(MODES)}")
+        if narrow is not None and (isinstance(narrow, bool) or not isinstance(narrow, int) or narrow < 1):
+            raise PipelineError(f"narrow must be a whole number >= 1 (or None), got {narrow!r}")
+        if confident is not None and not 0 < float(confident) <= 1:
+            raise PipelineError(f"confident must be a share of the vote in (0, 1], got {confident!r}")
+        unknown = sorted(set(label_descriptions or {}) - set(labels))
+        if unknown:
+            raise PipelineError(f"label_descriptions names unknown label(s) {unknown}; labels are {list(labels)}")
+        instructions = instructions or default_instructions(labels)
         signature = _signature(inputs, output, Literal[labels], instructions, "one of the labels")
         super().__init__(signature, **kwargs)
         self.labels = labels
+        self.mode, self.narrow, self.confident = mode, narrow, confident
+        self.label_descriptions = dict(label_descriptions) if label_descriptions else None
+
+    def _predict(self, kwargs: dict[str, Any]) -> dspy.Prediction:
+        return classify(self, kwargs, lambda **kw: Node._predict(self, kw))
 
 
 class Writer(Node):
@@ -209,17 +251,50 @@ class CodeGen(Node):
         dialect: The SQL dialect the code is written in.
         database: Path of the DuckDB database the code runs against (read-only).
         instructions: The task instruction optimizers start from.
+        schema_linking: Replace the ``schema_field`` input by the part of the database the
+            question needs, with value and join hints (0 extra LM calls).
+        schema_field: The input field that holds the schema (``db_schema``).
+        grammar: Decode the SQL under a token pattern from the schema, so only real table and
+            column names, keywords, literals and operators can be generated (LMs that honour a
+            JSON-schema ``pattern``: the embedded llama.cpp model); 0 extra LM calls.
+        repair: Send a query that fails in DuckDB back once with the error (+1 LM call, for
+            failing queries only).
+        samples: Self-consistency by execution: this many queries (the first at the node's
+            temperature, the rest at ``sample_temperature``); the result set most of them
+            return wins (``samples - 1`` extra LM calls).
+        sample_temperature: The temperature of the extra samples.
+
+    See ``programs.sql_steps``.
     """
 
     kind: ClassVar[str] = "codegen"
 
+    settings: ClassVar[tuple[str, ...]] = ("schema_linking", "schema_field", "grammar", "repair", "samples",
+                                           "sample_temperature")
+
     def __init__(self, inputs: InputSpec, *, output: str = "sql", dialect: str = "duckdb",
-                 database: str | None = None, instructions: str = "", **kwargs: Any):
+                 database: str | None = None, instructions: str = "", schema_linking: bool = False,
+                 schema_field: str = "db_schema", grammar: bool = False, repair: bool = False, samples: int = 1,
+                 sample_temperature: float = 0.7, **kwargs: Any):
         if dialect != "duckdb":
             raise PipelineError(f"CodeGen supports dialect 'duckdb', got {dialect!r}")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise PipelineError(f"samples must be a whole number >= 1, got {samples!r}")
+        if not 0 < float(sample_temperature) <= 2:
+            raise PipelineError(f"sample_temperature must be in (0, 2], got {sample_temperature!r}")
+        if (schema_linking or grammar or repair or samples > 1) and not database:
+            raise PipelineError("schema_linking, grammar, repair and samples read the database: "
+                                "pass database='path/to.duckdb' to the CodeGen node")
         instructions = instructions or "Write one DuckDB SQL SELECT query that answers the question."
         kwargs.setdefault("max_tokens", 200)  # one query; a runaway generation is cut early
         signature = _signature(inputs, output, str, instructions, "a single read-only DuckDB SELECT query")
         super().__init__(signature, **kwargs)
         self.dialect = dialect
         self.database = database
+        self.schema_linking, self.schema_field, self.grammar = schema_linking, schema_field, grammar
+        self.repair, self.samples, self.sample_temperature = repair, samples, float(sample_temperature)
+
+    def _predict(self, kwargs: dict[str, Any]) -> dspy.Prediction:
+        if not (self.schema_linking or self.grammar or self.repair or self.samples > 1) or not self.database:
+            return super()._predict(kwargs)
+        return generate_sql(self, kwargs, lambda **kw: Node._predict(self, kw))
