@@ -27,3 +27,23 @@ def isolated(tmp_path, monkeypatch):
         yield tmp_path
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium (.ci/run installs it with fonts-noto-cjk); Playwright drives it, no download."""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless chromium for browser tests; skipped, with how to install it, when it is missing."""
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no browser at {CHROMIUM}: apt-get install -y chromium fonts-noto-cjk (.ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield chromium
+        chromium.close()

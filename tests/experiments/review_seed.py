@@ -106,3 +106,33 @@ def seed_store(path: Path, *, disagree: tuple[int, ...] = (3, 7, 1), agree: tupl
 def rows(path: Path, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
     with Store.open(path, read_only=True) as store:
         return store.query(sql, params or [])
+
+
+REPLIER = f'''
+import dspy
+from programs.nodes import Writer
+from programs.pipeline import Pipeline
+
+RUBRIC = {RUBRIC!r}
+
+
+class Replier(Pipeline):
+    inputs = ("message",)
+    gold = {{"reply": "reply"}}
+
+    def __init__(self):
+        super().__init__()
+        self.reply = Writer({{"message": "a customer message"}}, output="reply",
+                            rules={{"rubric": RUBRIC, "judge_mode": "binary"}})
+
+    def forward(self, message):
+        return dspy.Prediction(reply=self.reply(message=message).reply)
+'''
+"""A one-writer pipeline whose reply node has the seeded judge's rubric (binary), as a file's text."""
+
+
+def write_replier(directory: Path) -> str:
+    """Writes :data:`REPLIER` to ``directory/replier.py``; returns its pipeline spec."""
+    path = directory / "replier.py"
+    path.write_text(REPLIER, encoding="utf-8")
+    return f"{path}:Replier"

@@ -27,7 +27,7 @@ from metrics.judge import LLMJudge
 from programs.errors import UserError
 from programs.nodes import Writer
 from programs.pipeline import Pipeline
-from tests.experiments.review_seed import RUBRIC, seed_store
+from tests.experiments.review_seed import RUBRIC, seed_store, write_replier
 from tests.fakes import _text, fake_lm
 
 
@@ -184,40 +184,19 @@ def test_recorded_judges_take_their_demos_from_the_human_labels_nearest_the_call
     assert first.calls[0].output in judge_prompts[0]
 
 
-_REPLIER_FILE = '''
-import dspy
-from programs.nodes import Writer
-from programs.pipeline import Pipeline
-
-
-class Replier(Pipeline):
-    inputs = ("message",)
-    gold = {"reply": "reply"}
-
-    def __init__(self):
-        super().__init__()
-        self.reply = Writer({"message": "a customer message"}, output="reply",
-                            rules={"rubric": RUBRIC, "judge_mode": "binary"})
-
-    def forward(self, message):
-        return dspy.Prediction(reply=self.reply(message=message).reply)
-'''
-
-
 def test_a_compile_whose_judge_has_human_labels_records_its_agreement(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from experiments.compile import CompileOptions, compile_pipeline
 
     seeded = seed_store(tmp_path / "store.duckdb")
-    source = tmp_path / "replier.py"
-    source.write_text(f"RUBRIC = {RUBRIC!r}\n" + _REPLIER_FILE, encoding="utf-8")
+    spec = write_replier(tmp_path)
     rows = [{"message": f"注文 {i} の荷物が届きません", "reply": f"申し訳ありません。注文 {i} は明日届きます。"}
             for i in range(8)]
     trainset = tmp_path / "train.jsonl"
     trainset.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     lm, _ = fake_lm(_replies)
-    result = compile_pipeline(CompileOptions(f"{source}:Replier", "labeled", trainset=str(trainset), lm=lm,
+    result = compile_pipeline(CompileOptions(spec, "labeled", trainset=str(trainset), lm=lm,
                                              store=str(seeded.path), progress=False))
     metrics = MlflowClient().get_run(result["run_id"]).data.metrics
     assert metrics["judge_agreement.reply.labels"] == 5

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from experiments.cli import cli
 from experiments.store import Store
-from tests.experiments.review_seed import RUBRIC, seed_store
+from tests.experiments.review_seed import seed_store, write_replier
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,26 +52,6 @@ def test_pipec_review_serves_the_queue(tmp_path):
         server.wait(timeout=60)
 
 
-_REPLIER = '''
-import dspy
-from programs.nodes import Writer
-from programs.pipeline import Pipeline
-
-
-class Replier(Pipeline):
-    inputs = ("message",)
-    gold = {"reply": "reply"}
-
-    def __init__(self):
-        super().__init__()
-        self.reply = Writer({"message": "a customer message"}, output="reply",
-                            rules={"rubric": RUBRIC, "judge_mode": "binary"})
-
-    def forward(self, message):
-        return dspy.Prediction(reply=self.reply(message=message).reply)
-'''
-
-
 def test_judge_align_needs_a_pipeline_that_declares_the_rubric(tmp_path):
     seeded = seed_store(tmp_path / "store.duckdb")
     result = CliRunner().invoke(cli, ["judge", "align", "--store", str(seeded.path)])
@@ -84,11 +64,10 @@ def test_judge_align_prints_kappa_before_and_after_on_held_out_labels(tmp_path):
     with Store.open(seeded.path) as store:
         for i, passed in ((2, True), (4, True), (6, True), (8, True), (9, False)):
             store.add_label(f"t0{i}", call_id=f"t0{i}/1", passed=passed, validator=seeded.judge, reviewer="b")
-    source = tmp_path / "replier.py"
-    source.write_text(f"RUBRIC = {RUBRIC!r}\n" + _REPLIER, encoding="utf-8")
+    spec = write_replier(tmp_path)
     out = tmp_path / "demos.jsonl"
     result = subprocess.run([sys.executable, "-m", "experiments", "judge", "align", "--store", str(seeded.path),
-                             "--pipeline", f"{source}:Replier", "--judge-lm", "local", "--seed", "1", "--out",
+                             "--pipeline", spec, "--judge-lm", "local", "--seed", "1", "--out",
                              str(out), "--json"], cwd=ROOT, capture_output=True, text=True, encoding="utf-8",
                             timeout=1200)
     assert result.returncode == 0, result.stderr

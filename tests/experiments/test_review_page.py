@@ -1,5 +1,6 @@
-"""The review page in a real headless browser (Debian's chromium driven by Playwright) over a real
-store: the queue order, labelling with the keyboard, comments, corrections, Japanese text."""
+"""The review page in a real headless browser (Debian's chromium driven by Playwright: the ``browser``
+fixture of tests/conftest.py) over a real store: the queue order, labelling with the keyboard,
+comments, corrections, Japanese text."""
 
 from __future__ import annotations
 
@@ -18,22 +19,8 @@ from experiments.review_page import make_server
 from experiments.store import Store
 from tests.experiments.review_seed import seed_store
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("PIPEC_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "test-artifacts")
 REVIEWER = "花子 Hanako"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no browser at {CHROMIUM}: apt-get install -y chromium fonts-noto-cjk (.ci/run does)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
