@@ -140,12 +140,16 @@ class LivePool:
         self.half_life_days = half_life_days or None
         self._lock = threading.Lock()
         self._cursor: Any = None
-        self._vectors = np.zeros((0, 0), dtype=np.float32)
-        self._times = np.zeros(0, dtype=np.float64)
-        self._alive = np.zeros(0, dtype=bool)
+        # The matrix is stored transposed, (dim, capacity): a hashed n-gram query touches few
+        # dimensions, and each one's row is contiguous, so a search reads those rows only.
+        # Each column is the row's unit vector times its recency weight relative to ``_ref``:
+        # rows age at the same rate, so the weights never change and a search does no decay work.
+        self._vt = np.zeros((0, 0), dtype=np.float32)
+        self._ref: float | None = None
         self._demos: list[dict[str, Any] | None] = []
         self._ranks: list[int] = []
         self._index: dict[str, int] = {}
+        self._dead: list[int] = []
         self._size = 0
         self.embedded = 0  # rows embedded since the pool was made: each row once
         self._warned = False
@@ -164,7 +168,7 @@ class LivePool:
         return self  # a runtime resource (a source, a lock): program copies share it
 
     def __len__(self) -> int:
-        return int(self._alive[: self._size].sum())
+        return self._size - len(self._dead)
 
     def refresh(self) -> int:
         """Takes in the rows added since the last refresh; returns how many were new."""
@@ -192,7 +196,8 @@ class LivePool:
                 continue  # an approval (or its withdrawal) never overrides a correction of the same call
             old = self._index.pop(row.key, None)
             if old is not None:
-                self._alive[old] = False
+                self._dead.append(old)
+                self._demos[old] = None
             pending.pop(row.key, None)
             if row.demo is None or not any(row.demo.get(f) is not None for f in self.query_fields):
                 continue  # withdrawn, or nothing to match a query against
@@ -204,11 +209,10 @@ class LivePool:
                              dtype=np.float32)
         self._grow(len(fresh), vectors.shape[1])
         start = self._size
-        self._vectors[start:start + len(fresh)] = vectors
+        times = np.array([float(row.created_at) for _, row in fresh], dtype=np.float64)
+        self._vt[:, start:start + len(fresh)] = (vectors * self._weights(times)[:, None]).T
         for offset, (rank, row) in enumerate(fresh):
             i = start + offset
-            self._times[i] = float(row.created_at)
-            self._alive[i] = True
             self._demos[i] = dict(row.demo or {})
             self._ranks[i] = rank
             self._index[row.key] = i
@@ -216,32 +220,54 @@ class LivePool:
         self.embedded += len(fresh)
         return len(fresh)
 
+    def _weights(self, times: np.ndarray) -> np.ndarray:
+        """Recency weights of rows made at ``times``, relative to the pool's reference time."""
+        if not self.half_life_days:
+            return np.ones(len(times), dtype=np.float32)
+        if self._ref is None:
+            self._ref = float(self.clock())
+        exponents = (times - self._ref) / (_DAY * self.half_life_days)
+        if exponents.size and exponents.max() > 60:  # far past the reference: move it, rescale once
+            shift = float(exponents.max())
+            self._vt[:, : self._size] *= np.float32(2.0 ** -shift)
+            self._ref += shift * _DAY * self.half_life_days
+            exponents -= shift
+        return np.exp2(exponents).astype(np.float32)
+
+    def _factor(self) -> float:
+        """What turns a stored score into ``similarity x 0.5 ** (age / half_life)`` now."""
+        if not self.half_life_days or self._ref is None:
+            return 1.0
+        return float(2.0 ** (-(self.clock() - self._ref) / (_DAY * self.half_life_days)))
+
     def _grow(self, extra: int, dim: int) -> None:
         """Room for ``extra`` more rows; capacity doubles, so appends are amortised O(1)."""
         needed = self._size + extra
-        if self._vectors.shape[1] not in (0, dim):
-            raise ConfigError(f"the live pool's embedding changed dimension ({self._vectors.shape[1]} -> {dim})")
-        if needed <= len(self._vectors):
+        if self._vt.shape[0] not in (0, dim):
+            raise ConfigError(f"the live pool's embedding changed dimension ({self._vt.shape[0]} -> {dim})")
+        if needed <= self._vt.shape[1]:
             return
-        capacity = max(needed, 2 * len(self._vectors), 64)
-        vectors = np.zeros((capacity, dim), dtype=np.float32)
+        capacity = max(needed, 2 * self._vt.shape[1], 64)
+        vt = np.zeros((dim, capacity), dtype=np.float32)
         if self._size:
-            vectors[: self._size] = self._vectors[: self._size]
-        times = np.zeros(capacity, dtype=np.float64)
-        times[: self._size] = self._times[: self._size]
-        alive = np.zeros(capacity, dtype=bool)
-        alive[: self._size] = self._alive[: self._size]
-        self._vectors, self._times, self._alive = vectors, times, alive
+            vt[:, : self._size] = self._vt[:, : self._size]
+        self._vt = vt
         self._demos.extend([None] * (capacity - len(self._demos)))
         self._ranks.extend([0] * (capacity - len(self._ranks)))
 
     def _scores(self, query: np.ndarray) -> np.ndarray:
+        """Stored scores (similarity x recency weight) of every row; withdrawn rows -inf."""
         n = self._size
-        scores = self._vectors[:n] @ query
-        if self.half_life_days:
-            age_days = np.maximum(self.clock() - self._times[:n], 0.0) / _DAY
-            scores = scores * np.exp2(-age_days / self.half_life_days)
-        return np.where(self._alive[:n], scores, -np.inf)
+        used = np.flatnonzero(query)
+        if 2 * len(used) < len(query):  # sparse (hashed n-grams): only the query's dimensions
+            scores = np.zeros(n, dtype=np.float32)
+            for d in used:
+                scores += query[d] * self._vt[d, :n]
+        else:
+            scores = query @ self._vt[:, :n]
+        if self._dead:
+            scores[self._dead] = -np.inf
+        return scores
 
     def nearest(self, query: np.ndarray, k: int | None = None) -> list[tuple[float, dict[str, Any]]]:
         """``(weighted score, demo)`` of the best ``k`` live rows for a unit query vector, best first."""
@@ -257,7 +283,8 @@ class LivePool:
         k = min(k, alive)
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         ranked = top[np.lexsort((top, -scores[top]))]  # ties broken by arrival, never by the partition
-        return [(float(scores[i]), dict(self._demos[i] or {})) for i in ranked if np.isfinite(scores[i])]
+        factor = self._factor()
+        return [(float(scores[i]) * factor, dict(self._demos[i] or {})) for i in ranked if np.isfinite(scores[i])]
 
     def select(self, inputs: Mapping[str, Any], *, base: Retrieval | None = None,
                fixed: Sequence[Any] = ()) -> list[dict[str, Any]]:
