@@ -243,5 +243,8 @@ def node_pools(program: Pipeline, trainset: Sequence[dspy.Example]) -> dict[str,
             logger.warning("knn: no trainset example holds %r for node %s; it keeps fixed demos", gold, name)
             continue
         label_field = node.output_field if node.kind == "classifier" else None
-        pools[name] = {"demos": demos, "query_fields": node.input_fields, "label_field": label_field}
+        # Only the inputs the pool holds are embedded: an input the trainset lacks (a schema the
+        # pipeline passes at run time) would add the same text to every query and none to the pool.
+        query_fields = tuple(f for f in node.input_fields if any(f in d for d in demos))
+        pools[name] = {"demos": demos, "query_fields": query_fields, "label_field": label_field}
     return pools

@@ -217,3 +217,28 @@ def test_pool_store_is_saved_with_each_node_and_checked(split, tmp_path):
     assert default.classify.retrieval.pool == "trainset"
     with pytest.raises(ConfigError, match="unknown pool 'db': choose one of trainset, store"):
         prepare_optimizer("knn", PipelineMetric(Triage()), {"pool": "db"})
+
+
+def test_classifier_and_sql_settings_are_applied_fixed_or_tuned(split, tmp_path):
+    from programs.builtin import SqlQA
+
+    train, val = split
+    lm, _ = fake_lm(triage_respond)
+    knn, program = compiled_triage(train, val, lm, narrow="auto", mode="vote", k=4, embedding="hash",
+                                   order="nearest_last", balance=False, max_lm_calls=200)
+    assert program.classify.mode == "vote" and knn.chosen["mode"] == "vote"
+    assert program.classify.narrow in (None, 4, 2) and "narrow" in knn.chosen
+    path = tmp_path / "triage.json"
+    program.save(str(path))
+    loaded = Triage()
+    loaded.load(str(path))
+    assert (loaded.classify.mode, loaded.classify.narrow) == ("vote", program.classify.narrow)
+    sql = RetrievalFewShot(max_lm_calls=0, repair=True, samples=2, grammar=True).compile(
+        SqlQA(), trainset=[dspy.Example(question="how many customers?", sql="SELECT count(*) FROM customers")
+                           .with_inputs("question")])
+    assert (sql.generate.repair, sql.generate.samples, sql.generate.grammar) == (True, 2, True)
+    assert sql.generate.retrieval.query_fields == ("question",)  # the schema is not in the pool
+    with pytest.raises(ConfigError, match="narrow"):
+        RetrievalFewShot(narrow=0)
+    with pytest.raises(ConfigError, match="mode"):
+        RetrievalFewShot(mode="guess")
