@@ -156,8 +156,8 @@ _PREFLIGHT_HELP = ("Skip the preflight. Before a run starts, every remote LM it 
               help="MLflow experiment name.")
 @click.option("--no-cache", is_flag=True, help="Bypass DSPy's LM response cache.")
 @click.option("--judge-lm", envvar="PIPEC_JUDGE_LM", default=None, help=_JUDGE_LM_HELP)
-@click.option("--store", envvar="PIPEC_STORE", help="The flywheel store a store: trainset reads. Default: "
-              "$PIPEC_STORE, else $PIPEC_HOME/store.duckdb.")
+@click.option("--store", envvar="PIPEC_STORE", metavar="PATH", help="The flywheel store a store: trainset reads. "
+              "Default: $PIPEC_STORE, else $PIPEC_HOME/store.duckdb.")
 @click.option("--no-preflight", is_flag=True, help=_PREFLIGHT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimizer: str, params: tuple[str, ...],
@@ -383,7 +383,7 @@ def _cell(value: Any) -> str:
 
 
 @cli.command("stats")
-@click.option("--store", envvar="PIPEC_STORE", help=_STORE_HELP)
+@click.option("--store", envvar="PIPEC_STORE", metavar="PATH", help=_STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the store's row counts and each "
               "view's rows.")
 def stats(store: str | None, as_json: bool) -> None:
@@ -431,19 +431,21 @@ def stats(store: str | None, as_json: bool) -> None:
 
 
 @cli.command("export")
-@click.option("--store", envvar="PIPEC_STORE", help=_STORE_HELP)
+@click.option("--store", envvar="PIPEC_STORE", metavar="PATH", help=_STORE_HELP)
 @click.option("--approved", is_flag=True, help="Only traces a human approved (a passing label) or corrected, for "
               "--node, else for every node with a gold field.")
-@click.option("--node", help="Only traces with a call of node NAME (with --approved: an approved call).")
-@click.option("--pipeline", help="Only traces of pipeline P (as recorded: triage, sql, path/to/file.py:Class); "
-              "its declaration names the input and gold fields.")
+@click.option("--node", metavar="NAME", help="Only traces with a call of node NAME (with --approved: an approved "
+              "call).")
+@click.option("--pipeline", metavar="P", help="Only traces of pipeline P (as recorded: triage, sql, "
+              "path/to/file.py:Class); its declaration names the input and gold fields.")
 def export_cmd(store: str | None, approved: bool, node: str | None, pipeline: str | None) -> None:
     """Write the store's traces as a trainset: one JSON line per trace on stdout.
 
     Each line holds the pipeline's input fields and, per node, its gold field: the corrected output
     when a human corrected the call, else the approved output, else (without --approved) what the
-    node produced when no check failed on it. Lines load with `pipec compile --trainset FILE`;
-    `--trainset store:approved,node=NAME` reads the same rows without a file.
+    node produced when no check or human label failed it; a trace missing a gold value is left
+    out. Lines load with `pipec compile --trainset FILE`; `--trainset store:approved,node=NAME`
+    reads the same rows without a file.
 
     \b
       pipec export --approved --pipeline triage > trainset.jsonl

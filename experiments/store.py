@@ -296,6 +296,15 @@ def _connect(path: Path, read_only: bool, wait: float) -> Any:
                 raise _busy(path, exc) from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+        except duckdb.ConnectionException as exc:
+            if "different configuration" not in str(exc):
+                raise StoreError(f"cannot open the store {path}: {exc}; pass --store OTHER") from exc
+            # This process has the file open already, the other way. A reader shares the writer's
+            # database (the Store refuses its writes); a writer cannot join readers.
+            if read_only:
+                return duckdb.connect(str(path))
+            raise StoreError(f"this process has the store {path} open read-only; close that Store before "
+                             "opening it for writing") from exc
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the store {path}: {exc}; is it a pipec store? Pass --store OTHER") \
                 from exc

@@ -328,3 +328,18 @@ def test_a_second_writer_that_waits_gets_the_store_when_the_first_finishes(holde
         assert [r["trace_id"] for r in store.query("SELECT trace_id FROM traces ORDER BY trace_id")] == \
             ["held", "second"]
         assert json.loads(json.dumps(store.state()))["node_calls"] == 4
+
+
+def test_in_one_process_a_reader_shares_an_open_writer_and_a_writer_cannot_join_readers(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with Store.open(path) as writer:
+        writer.append_traces([triage_trace("t1", "a", "billing", "ok")])
+        with Store.open(path, read_only=True) as reader:
+            assert reader.state()["traces"] == 1
+            with pytest.raises(StoreError, match="read-only"):
+                reader.add_label("t1", node="classify", passed=True)
+        writer.append_traces([triage_trace("t2", "b", "billing", "ok")])  # the writer still writes
+    with Store.open(path, read_only=True) as reader:
+        with pytest.raises(StoreError, match="open read-only; close that Store before opening it for writing"):
+            Store.open(path)
+        assert reader.state()["traces"] == 2
