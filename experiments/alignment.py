@@ -29,6 +29,7 @@ from programs.errors import ConfigError, UserError
 
 __all__ = [
     "JUDGE_AGREEMENT_SQL",
+    "PAIRS_CTE",
     "AlignOptions",
     "AlignResult",
     "LabelledExample",
@@ -45,32 +46,33 @@ __all__ = [
     "task_inputs_text",
 ]
 
-# Pairs of (the latest judge verdict, the latest human label) on the same node call and rubric.
-_PAIRS_SQL = """
-WITH judge AS (
-    SELECT * FROM (
-        SELECT v.call_id, v.validator, v.passed, v.score,
-               row_number() OVER (PARTITION BY v.call_id, v.validator ORDER BY v.created_at DESC) AS rn
-        FROM verdicts v WHERE v.source = 'judge' AND v.call_id IS NOT NULL AND coalesce(v.counted, TRUE)
-    ) WHERE rn = 1),
+# The latest judge verdict per (node call, rubric), the latest human label per node call (with how
+# many labels on that call say the same), and their pairs: same call, and the label answers that
+# rubric or none in particular. The one definition of "the judge and a human disagree" (the review
+# queue uses it too).
+PAIRS_CTE = """
+judge AS (
+    SELECT * FROM verdicts
+    WHERE source = 'judge' AND call_id IS NOT NULL AND coalesce(counted, TRUE)
+    QUALIFY row_number() OVER (PARTITION BY call_id, validator ORDER BY created_at DESC, verdict_id) = 1),
 human AS (
-    SELECT * FROM (
-        SELECT l.call_id, l.validator, l.passed, l.score, l.comment, l.reviewer, l.created_at,
-               row_number() OVER (PARTITION BY l.call_id ORDER BY l.created_at DESC) AS rn
-        FROM labels l WHERE l.call_id IS NOT NULL AND l.passed IS NOT NULL
-    ) WHERE rn = 1),
+    SELECT *, count(*) OVER (PARTITION BY call_id, passed) AS same_opinion FROM labels
+    WHERE call_id IS NOT NULL AND passed IS NOT NULL
+    QUALIFY row_number() OVER (PARTITION BY call_id ORDER BY created_at DESC, label_id) = 1),
 pairs AS (
-    SELECT j.validator, j.call_id, j.passed AS judge_passed, h.passed AS human_passed, h.created_at
+    SELECT j.validator, j.call_id, j.trace_id, j.passed AS judge_passed, h.passed AS human_passed,
+           h.score AS human_score, h.comment, h.reviewer, h.created_at AS labelled_at, h.same_opinion
     FROM judge j JOIN human h ON h.call_id = j.call_id AND (h.validator IS NULL OR h.validator = j.validator))
 """
+_PAIRS_SQL = "WITH " + PAIRS_CTE
 
 JUDGE_AGREEMENT_SQL = _PAIRS_SQL + """,
 stats AS (
-    SELECT validator, CAST(timezone('UTC', created_at) AS DATE) AS day, count(*) AS n,
+    SELECT validator, CAST(timezone('UTC', labelled_at) AS DATE) AS day, count(*) AS n,
            avg(CASE WHEN judge_passed = human_passed THEN 1.0 ELSE 0.0 END) AS accuracy,
            avg(CASE WHEN judge_passed THEN 1.0 ELSE 0.0 END) AS judge_pass_rate,
            avg(CASE WHEN human_passed THEN 1.0 ELSE 0.0 END) AS human_pass_rate
-    FROM pairs GROUP BY GROUPING SETS ((validator, CAST(timezone('UTC', created_at) AS DATE)), (validator))),
+    FROM pairs GROUP BY GROUPING SETS ((validator, CAST(timezone('UTC', labelled_at) AS DATE)), (validator))),
 chance AS (
     SELECT *, judge_pass_rate * human_pass_rate + (1 - judge_pass_rate) * (1 - human_pass_rate) AS expected
     FROM stats)
@@ -155,24 +157,12 @@ class LabelledExample:
         return row
 
 
-_LABELLED_SQL = """
-WITH judge AS (
-    SELECT * FROM (
-        SELECT v.call_id, v.validator, v.passed,
-               row_number() OVER (PARTITION BY v.call_id, v.validator ORDER BY v.created_at DESC) AS rn
-        FROM verdicts v WHERE v.source = 'judge' AND v.call_id IS NOT NULL AND coalesce(v.counted, TRUE)
-    ) WHERE rn = 1),
-human AS (
-    SELECT * FROM (
-        SELECT l.*, row_number() OVER (PARTITION BY l.call_id ORDER BY l.created_at DESC) AS rn
-        FROM labels l WHERE l.call_id IS NOT NULL AND l.passed IS NOT NULL
-    ) WHERE rn = 1)
-SELECT h.call_id, j.validator, c.inputs, c.outputs, c.output_field, h.passed, h.score, h.comment, h.created_at,
-       j.passed AS judge_passed
-FROM human h JOIN node_calls c ON c.call_id = h.call_id
-JOIN judge j ON j.call_id = h.call_id AND (h.validator IS NULL OR h.validator = j.validator)
-WHERE j.validator = ?
-ORDER BY h.created_at, h.call_id
+_LABELLED_SQL = _PAIRS_SQL + """
+SELECT p.call_id, p.validator, c.inputs, c.outputs, c.output_field, p.human_passed AS passed,
+       p.human_score AS score, p.comment, p.labelled_at AS created_at, p.judge_passed
+FROM pairs p JOIN node_calls c ON c.call_id = p.call_id
+WHERE p.validator = ?
+ORDER BY p.labelled_at, p.call_id
 """
 
 

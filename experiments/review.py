@@ -24,30 +24,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from experiments.alignment import PAIRS_CTE
 from programs.errors import UserError
 
 __all__ = ["QueueFilters", "QueueItem", "ReviewInput", "load_item", "options", "queue", "save_review"]
 
 TIER_NAMES = {1: "disagreement", 2: "unreviewed", 3: "reviewed"}
 
-# The latest judge verdict per (node call, rubric) and the latest human label per node call.
-_PAIRS = """
-judge AS (
-    SELECT * FROM (
-        SELECT v.call_id, v.trace_id, v.validator, v.passed, v.score,
-               row_number() OVER (PARTITION BY v.call_id, v.validator ORDER BY v.created_at DESC) AS rn
-        FROM verdicts v WHERE v.source = 'judge' AND v.call_id IS NOT NULL AND coalesce(v.counted, TRUE)
-    ) WHERE rn = 1),
-human AS (
-    SELECT * FROM (
-        SELECT l.call_id, l.trace_id, l.validator, l.passed, l.created_at,
-               row_number() OVER (PARTITION BY l.call_id ORDER BY l.created_at DESC) AS rn,
-               count(*) OVER (PARTITION BY l.call_id, l.passed) AS same_opinion
-        FROM labels l WHERE l.call_id IS NOT NULL AND l.passed IS NOT NULL
-    ) WHERE rn = 1),
+# A disagreement stays open until a second human label says the same as the first (or flips it).
+_PAIRS = PAIRS_CTE + """,
 open_disagreement AS (
-    SELECT j.trace_id, j.call_id FROM judge j JOIN human h ON h.call_id = j.call_id
-    WHERE (h.validator IS NULL OR h.validator = j.validator) AND h.passed <> j.passed AND h.same_opinion < 2)
+    SELECT trace_id, call_id FROM pairs WHERE judge_passed <> human_passed AND same_opinion < 2)
 """
 
 _QUEUE = f"""
