@@ -100,7 +100,9 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                       feedback=True, uses_valset=True,
                       exclusive={"max_metric_calls": ("auto",), "max_full_evals": ("auto",)}),
         OptimizerSpec("knn", _knn, "dynamic few-shot: each call's demos are the trainset examples nearest its "
-                      "inputs (one LM call per node); k, embedding, order tuned on the valset",
+                      "inputs (one LM call per node); k, embedding, order tuned on the valset; classifiers: "
+                      "narrow (labels of the neighbours only), mode=vote (no LM call); SQL nodes: "
+                      "schema_linking, grammar, repair, samples",
                       defaults={"max_lm_calls": 300, "num_threads": "{threads}", "seed": "{seed}"},
                       uses_valset=True),
     )
