@@ -276,3 +276,19 @@ def test_a_graded_rubric_takes_a_1_to_5_score_and_j_k_move_between_steps(browser
     (label,) = _query(seeded.path, "SELECT * FROM labels WHERE trace_id = 't02'")
     assert (label["call_id"], label["score"], label["passed"], label["validator"]) == ("t02/1", 4, True,
                                                                                       seeded.judge)
+
+
+def test_markup_in_the_data_is_shown_as_text_never_run(browser, served):
+    from tests.experiments.review_seed import _trace
+
+    server, seeded = served
+    hostile = "<script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\"> 'quote' & 注文"
+    with Store.open(seeded.path) as store:
+        store.append_traces([_trace(20, hostile, "billing", f"</textarea><b>{hostile}</b>")])
+    page = browser.new_page()
+    dialogs = []
+    page.on("dialog", lambda d: dialogs.append(d))
+    page.goto(f"{server.url}/item/t20?status=all")
+    assert page.evaluate("window.pwned") is None and not dialogs
+    assert hostile in page.locator("section.item").inner_text()
+    assert page.locator("textarea.correction").nth(1).input_value() == f"</textarea><b>{hostile}</b>"
