@@ -312,3 +312,20 @@ def test_run_help_explains_the_command():
 def test_a_recorder_needs_a_pipeline():
     with pytest.raises(Exception, match="records pipec Pipelines"):
         Recorder(Classifier("text", output="label", labels=["a", "b"]))
+
+
+def test_a_failing_label_withdraws_an_approval_but_never_a_correction(tmp_path):
+    lm, _ = fake_lm(triage_respond)
+    with dspy.context(lm=lm.lm, adapter=lm.adapter), \
+            Recorder(Triage(), store=tmp_path / "s.duckdb", pipeline="triage", live_demos=True) as rec:
+        approved = rec.run(message="where is my parcel 1")
+        corrected = rec.run(message="where is my invoice 2")
+        rec.flush()
+        rec.store.add_label(approved.trace_id, passed=True, node="classify", reviewer="a")
+        rec.store.add_correction(corrected.trace_id, {"category": "billing"}, node="classify", reviewer="a")
+        demos = rec.run(message="where is my parcel 3").calls[0].demos
+        assert sorted(d["message"] for d in demos) == ["where is my invoice 2", "where is my parcel 1"]
+        rec.store.add_label(approved.trace_id, passed=False, node="classify", reviewer="b")
+        rec.store.add_label(corrected.trace_id, passed=False, node="classify", reviewer="b")
+        demos = rec.run(message="where is my parcel 4").calls[0].demos
+    assert demos == [{"message": "where is my invoice 2", "category": "billing"}]
