@@ -25,8 +25,8 @@ from benchmarks.harness import markdown_table
 __all__ = ["TARGET_ROWS_PER_SECOND", "run", "synthetic_traces"]
 
 TARGET_ROWS_PER_SECOND = 50_000
-BATCH_SIZES = (100, 1_000, 10_000, 50_000)  # node-call rows per append
-ROWS_PER_SIZE = 200_000  # rows appended at each batch size (at least 5 batches)
+BATCH_SIZES = (1_000, 10_000, 50_000)  # node-call rows per append
+ROWS_PER_SIZE = 100_000  # rows appended at each batch size (at least 5 batches)
 CALLS_PER_TRACE = 2
 
 _MESSAGES = ("荷物がまだ届きません。追跡番号は JP123456789 です。",

@@ -10,6 +10,7 @@ from experiments.recording import Recorder
 from experiments.review import QueueFilters, ReviewInput, queue, save_review
 from experiments.runner import Trace, program_version, run_traced
 from experiments.runs import list_runs
+from experiments.store import Store, StoreFilter, export_rows
 from experiments.tracking import RunTracker
 
 __all__ = [
@@ -25,12 +26,15 @@ __all__ = [
     "Recorder",
     "ReviewInput",
     "RunTracker",
+    "Store",
+    "StoreFilter",
     "Trace",
     "align_judge",
     "cohen_kappa",
     "compile_pipeline",
     "evaluate_pipeline",
     "evaluate_program",
+    "export_rows",
     "judge_agreement",
     "list_runs",
     "lm_usage",
