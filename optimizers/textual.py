@@ -490,7 +490,10 @@ class TextualOptimizer(Teleprompter):
         if adapter is not None:
             settings["adapter"] = adapter
         self._rollout += 1
-        config = {"temperature": self.temperature, "rollout_id": self.seed * 100_000 + self._rollout}
+        config: dict[str, Any] = {"temperature": self.temperature, "rollout_id": self.seed * 100_000 + self._rollout}
+        if "seed" in getattr(getattr(settings["lm"], "engine", None), "supported_params", ()):
+            # An engine with a fixed sampling seed (the embedded LM) would repeat one sample: vary it per call.
+            config["seed"] = config["rollout_id"]
         try:
             with dspy.context(**settings):
                 return dspy.Predict(signature)(**inputs, config=config)
