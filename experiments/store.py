@@ -451,7 +451,8 @@ class Store:
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Runs ``sql`` and returns its rows as dicts; JSON columns come back decoded."""
         with self._lock:
-            cursor = self._con.execute(sql, params) if params is not None else self._con.execute(sql)
+            con = self._open_connection()
+            cursor = con.execute(sql, params) if params is not None else con.execute(sql)
             description = cursor.description or []
             rows = cursor.fetchall()
         names = [d[0] for d in description]
@@ -465,9 +466,14 @@ class Store:
             out.append(dict(zip(names, values, strict=True)))
         return out
 
+    def _open_connection(self) -> Any:
+        if self._con is None:
+            raise StoreError(f"the store {self.path} is closed: open it again with Store.open")
+        return self._con
+
     def schema_version(self) -> int:
         with self._lock:
-            return _schema_version(self._con)
+            return _schema_version(self._open_connection())
 
     def state(self) -> dict[str, Any]:
         """What the store holds: the schema version and the row count of every table."""
@@ -484,7 +490,7 @@ class Store:
         if self.read_only:
             raise StoreError(f"the store {self.path} is open read-only")
         with self._lock:
-            con = self._con
+            con = self._open_connection()
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con

@@ -344,3 +344,13 @@ def test_in_one_process_a_reader_shares_an_open_writer_and_a_writer_cannot_join_
         with pytest.raises(StoreError, match="open read-only; close that Store before opening it for writing"):
             Store.open(path)
         assert reader.state()["traces"] == 2
+
+
+def test_a_closed_store_says_so(tmp_path):
+    store = Store.open(tmp_path / "s.duckdb")
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError, match="is closed: open it again"):
+        store.query("SELECT 1")
+    with pytest.raises(StoreError, match="is closed: open it again"):
+        store.append_traces([triage_trace("t", "a", "billing", "ok")])
