@@ -165,31 +165,43 @@ class StoreDemoSource:
         now = self.counter.current() if self.counter is not None else ReviewCounter(self.store).check()
         if now == seen:
             return [], now
-        rows: list[tuple[float, int, PoolRow]] = []
+        reviews = []  # (created_at, order, call_id, kind, corrected outputs or passed)
         if now[0] > seen[0]:
-            for r in self.store.query(
-                    "SELECT k.call_id, k.outputs AS corrected, k.created_at, c.inputs, c.outputs "
-                    "FROM corrections k JOIN node_calls c ON c.call_id = k.call_id "
-                    "JOIN traces t ON t.trace_id = c.trace_id "
-                    "WHERE k.rowid >= ? AND k.rowid < ? AND k.node = ? AND t.pipeline = ?",
-                    [seen[0], now[0], self.node, self.pipeline]):
-                demo = {**(_json_value(r["inputs"]) or {}), **(_json_value(r["outputs"]) or {}),
-                        **(_json_value(r["corrected"]) or {})}
-                rows.append((_epoch(r["created_at"]), 0, PoolRow(r["call_id"], demo, _epoch(r["created_at"]))))
+            reviews += [(r["created_at"], 0, r["call_id"], "correction", _json_value(r["outputs"])) for r in
+                        self.store.query("SELECT call_id, outputs, created_at FROM corrections "
+                                         "WHERE rowid >= ? AND rowid < ? AND node = ?", [seen[0], now[0], self.node])]
         if now[1] > seen[1]:
-            for r in self.store.query(
-                    "SELECT l.call_id, l.passed, l.created_at, c.inputs, c.outputs "
-                    "FROM labels l JOIN node_calls c ON c.call_id = l.call_id "
-                    "JOIN traces t ON t.trace_id = c.trace_id "
-                    "WHERE l.rowid >= ? AND l.rowid < ? AND l.node = ? AND t.pipeline = ? AND l.passed IS NOT NULL "
-                    "AND c.error IS NULL",
-                    [seen[1], now[1], self.node, self.pipeline]):
-                demo = ({**(_json_value(r["inputs"]) or {}), **(_json_value(r["outputs"]) or {})}
-                        if r["passed"] else None)
-                rows.append((_epoch(r["created_at"]), 1, PoolRow(r["call_id"], demo, _epoch(r["created_at"]),
-                                                               kind="approved")))
-        rows.sort(key=lambda item: (item[0], item[1]))  # in review order, so a later word wins
-        return [row for _, _, row in rows], now
+            reviews += [(r["created_at"], 1, r["call_id"], "approved", r["passed"]) for r in
+                        self.store.query("SELECT call_id, passed, created_at FROM labels WHERE rowid >= ? "
+                                         "AND rowid < ? AND node = ? AND passed IS NOT NULL",
+                                         [seen[1], now[1], self.node])]
+        calls = self._calls({call_id for _, _, call_id, _, _ in reviews})
+        rows = []
+        for created_at, _, call_id, kind, value in sorted(reviews, key=lambda r: (_epoch(r[0]), r[1])):
+            call = calls.get(call_id)
+            if call is None:
+                continue  # a call of another pipeline
+            if kind == "correction":
+                demo = {**call["inputs"], **call["outputs"], **(value or {})}
+            elif call["error"] is None:
+                demo = {**call["inputs"], **call["outputs"]} if value else None
+            else:
+                continue  # a failed call approved as it was holds no output to show
+            rows.append(PoolRow(call_id, demo, _epoch(created_at), kind=kind))
+        return rows, now
+
+    def _calls(self, call_ids: set[str]) -> dict[str, dict[str, Any]]:
+        """The reviewed calls of this pipeline, by id: point lookups on the tables' keys, not joins
+        (a join would scan every recorded call for the few new reviews)."""
+        if not call_ids:
+            return {}
+        found = self.store.query("SELECT call_id, trace_id, inputs, outputs, error FROM node_calls "
+                                 "WHERE call_id IN (SELECT unnest(?::VARCHAR[]))", [sorted(call_ids)])
+        mine = {r["trace_id"] for r in self.store.query(
+            "SELECT trace_id FROM traces WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) AND pipeline = ?",
+            [sorted({r["trace_id"] for r in found}), self.pipeline])}
+        return {r["call_id"]: {"inputs": _json_value(r["inputs"]) or {}, "outputs": _json_value(r["outputs"]) or {},
+                               "error": r["error"]} for r in found if r["trace_id"] in mine}
 
 
 # ---------------------------------------------------------------------------------------------
