@@ -563,27 +563,27 @@ class Store:
             "seconds": (num, [float(getattr(t, "seconds", 0.0) or 0.0) for t in traces]),
             "created_at": (ts, created),
         }
-        # Column by column with attrgetter: this is the append's cost; DuckDB inserts a batch in a
-        # few microseconds a row.
-        column = lambda name: list(map(attrgetter(name), calls))  # noqa: E731
-        positions = column("position")
+        # One attrgetter per call, transposed into columns by zip: building the columns is the
+        # append's main cost; DuckDB inserts a batch in a few microseconds a row.
+        attrs = list(zip(*map(_CALL_ATTRS, calls), strict=True)) if calls else [()] * len(_CALL_FIELDS)
+        got = dict(zip(_CALL_FIELDS, attrs, strict=True))
         c_cols = {
-            "call_id": (text, [f"{tid}/{p}" for tid, p in zip(call_trace_ids, positions, strict=True)]),
+            "call_id": (text, [f"{tid}/{p}" for tid, p in zip(call_trace_ids, got["position"], strict=True)]),
             "trace_id": (text, call_trace_ids),
-            "node": (text, column("node")),
-            "kind": (text, column("kind")),
-            "position": (integer, positions),
-            "inputs": (text, list(map(encode, column("inputs")))),
-            "outputs": (text, [None if o is None else encode(o) for o in column("outputs")]),
-            "output_field": (text, column("output_field")),
-            "error": (text, column("error")),
-            "seconds": (num, column("seconds")),
-            "lm_calls": (integer, column("lm_calls")),
-            "prompt_tokens": (integer, column("prompt_tokens")),
-            "completion_tokens": (integer, column("completion_tokens")),
-            "demos": (text, [encode(list(d)) if d else "[]" for d in column("demos")]),
+            "node": (text, got["node"]),
+            "kind": (text, got["kind"]),
+            "position": (integer, got["position"]),
+            "inputs": (text, list(map(encode, got["inputs"]))),
+            "outputs": (text, [None if o is None else encode(o) for o in got["outputs"]]),
+            "output_field": (text, got["output_field"]),
+            "error": (text, got["error"]),
+            "seconds": (num, got["seconds"]),
+            "lm_calls": (integer, got["lm_calls"]),
+            "prompt_tokens": (integer, got["prompt_tokens"]),
+            "completion_tokens": (integer, got["completion_tokens"]),
+            "demos": (text, [encode(d) if d else "[]" for d in got["demos"]]),
             "created_at": (ts, [at for at, n in zip(created, counts, strict=True) for _ in range(n)]),
-            "lm_error": (flag, [bool(getattr(c, "lm_error", False)) for c in calls]),
+            "lm_error": (flag, [bool(e) for e in got["lm_error"]]),
         }
         if verdict_source not in _VERDICT_SOURCES:
             raise StoreError(f"verdict source {verdict_source!r} is not one of: {', '.join(_VERDICT_SOURCES)}")
@@ -733,6 +733,9 @@ class Store:
         return len(call_ids)
 
 
+_CALL_FIELDS = ("node", "kind", "position", "inputs", "outputs", "output_field", "error", "seconds", "lm_calls",
+                "prompt_tokens", "completion_tokens", "demos", "lm_error")  # programs.trace.NodeCall
+_CALL_ATTRS = attrgetter(*_CALL_FIELDS)
 _TRACE_COLUMNS = ("trace_id", "pipeline", "program", "program_version", "mlflow_run_id", "source", "inputs",
                   "outputs", "error", "error_kind", "seconds", "created_at")
 _CALL_COLUMNS = ("call_id", "trace_id", "node", "kind", "position", "inputs", "outputs", "output_field", "error",
