@@ -419,7 +419,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return str(value)
 
 
@@ -464,7 +464,9 @@ def stats(store: str | None, as_json: bool) -> None:
             continue
         table = Table(title=f"{title} ({view})", title_justify="left")
         for column in rows[0]:
-            table.add_column(column, justify="right" if isinstance(rows[0][column], int | float) else "left",
+            header = column.replace("_seconds", "_s").replace("_prompt_tokens", "_in_tok")
+            header = header.replace("_completion_tokens", "_out_tok")  # keeps the latency table narrow
+            table.add_column(header, justify="right" if isinstance(rows[0][column], int | float) else "left",
                              overflow="fold")
         for row in rows:
             table.add_row(*(_cell(v) for v in row.values()))
