@@ -155,8 +155,10 @@ def make_lm(spec: str | None = None, *, api_base: str | None = None, temperature
         cache: Whether DSPy's response cache is used.
         flag: The option that named the LM (``--lm``, ``--judge-lm``), for error messages.
 
-    Remote LMs retry transient failures ``$PIPEC_LM_RETRIES`` times (default 3) and wait at most
-    ``$PIPEC_LM_TIMEOUT`` seconds (default 120) for a reply.
+    Remote LMs retry transient failures ``$PIPEC_LM_RETRIES`` times (default 3), wait at most
+    ``$PIPEC_LM_TIMEOUT`` seconds (default 120) for a reply, and ``$PIPEC_LM_MAX_TOKENS`` (if set)
+    bounds their output when ``max_tokens`` is not given (``$PIPEC_LM_TEMPERATURE`` likewise sets
+    the temperature, else the provider's default applies).
     """
     spec = (spec or os.environ.get("PIPEC_LM") or DEFAULT_LM).strip()
     if not spec:
@@ -186,8 +188,10 @@ def make_lm(spec: str | None = None, *, api_base: str | None = None, temperature
             kwargs["api_key"] = "unused"
         elif os.environ.get("PIPEC_API_KEY"):
             kwargs["api_key"] = os.environ["PIPEC_API_KEY"]
+    temperature = _env_number("PIPEC_LM_TEMPERATURE", None, float) if temperature is None else temperature
     if temperature is not None:
         kwargs["temperature"] = temperature
+    max_tokens = max_tokens or _env_number("PIPEC_LM_MAX_TOKENS", None, int)
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
     retries = _env_number("PIPEC_LM_RETRIES", DEFAULT_RETRIES, int)
@@ -209,6 +213,6 @@ def _env_number(name: str, default: Any, kind: type) -> Any:
         value = kind(raw)
     except ValueError:
         value = -1
-    if value < 0 or (kind is float and value == 0):
+    if value < 0 or (name.endswith(("TIMEOUT", "MAX_TOKENS")) and value == 0):
         raise ConfigError(f"{name}={raw!r} is not a valid number: use e.g. {name}={default}")
     return value

@@ -37,6 +37,11 @@ def test_remote_lms_get_explicit_retries_and_timeout(monkeypatch):
     monkeypatch.setenv("PIPEC_LM_TIMEOUT", "2.5")
     config = make_lm("openai/gpt-4o-mini", flag="--judge-lm")
     assert (config.lm.num_retries, config.lm.kwargs["timeout"], config.lm.flag) == (1, 2.5, "--judge-lm")
+    monkeypatch.setenv("PIPEC_LM_MAX_TOKENS", "48")
+    monkeypatch.setenv("PIPEC_LM_TEMPERATURE", "0")
+    config = make_lm("openai/gpt-4o-mini")
+    assert (config.settings["max_tokens"], config.settings["temperature"]) == (48, 0.0)
+    assert make_lm("openai/gpt-4o-mini", max_tokens=10, temperature=0.5).settings["max_tokens"] == 10
     monkeypatch.setenv("PIPEC_LM_RETRIES", "many")
     with pytest.raises(ConfigError, match="PIPEC_LM_RETRIES='many' is not a valid number"):
         make_lm("openai/gpt-4o-mini")
