@@ -111,6 +111,7 @@ def cli() -> None:
       pipec run compiled/triage-….json -i in.jsonl  answer JSONL inputs, recording every call
       pipec runs list                             the tracked compile runs
       pipec ui                                    compare them in the MLflow UI
+      pipec review                                label and correct recorded calls in the browser
 
     Runs go to $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.
     """
