@@ -437,6 +437,7 @@ def stats(store: str | None, as_json: bool) -> None:
       error_accumulation         per node: calls that failed, and traces whose first failure it was
       node_latency               p50/p95/mean seconds and tokens per node call
       judge_human_agreement      judge verdicts vs human labels on the same call and validator
+      judge_agreement            per judge rubric and day: accuracy and Cohen's kappa vs humans
       judge_human_disagreements  the latest of those that disagree
 
     Opens the store read-only; a process writing to it makes this wait briefly, then exit 2.
