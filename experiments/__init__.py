@@ -5,7 +5,9 @@ from experiments.compile import CompileOptions, compile_pipeline, render_prompts
 from experiments.datasets import Dataset, load_dataset, split_dataset
 from experiments.evaluate import EvalReport, ExampleResult, LMUsage, evaluate_program, lm_usage
 from experiments.evaluate_run import EvaluateOptions, evaluate_pipeline
-from experiments.lm import LMConfig, make_lm
+from experiments.lm import LMConfig, PipecLM, make_lm
+from experiments.lm_errors import translate_lm_error
+from experiments.preflight import preflight
 from experiments.recording import Recorder
 from experiments.review import QueueFilters, ReviewInput, queue, save_review
 from experiments.runner import Trace, program_version, run_traced
@@ -22,6 +24,7 @@ __all__ = [
     "LMConfig",
     "LMUsage",
     "LabelledJudgeDemos",
+    "PipecLM",
     "QueueFilters",
     "Recorder",
     "ReviewInput",
@@ -40,10 +43,12 @@ __all__ = [
     "lm_usage",
     "load_dataset",
     "make_lm",
+    "preflight",
     "program_version",
     "queue",
     "render_prompts",
     "run_traced",
     "save_review",
     "split_dataset",
+    "translate_lm_error",
 ]
