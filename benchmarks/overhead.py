@@ -5,16 +5,21 @@ fixed latency per call.
 Both contenders do the same work: evaluate the program on the valset, compile it, evaluate the
 compiled program, save it. The plain one uses DSPy alone (``dspy.Predict`` with the same
 signature, an exact-match metric, ``dspy.Evaluate``); pipec's goes through
-``experiments.compile.compile_pipeline``. They alternate after a warm-up round, and the ratio of
-their median wall times is reported, at 20 ms per call (a fast hosted model) and at 0 ms (pure
-framework cost). A third contender runs pipec with its sqlite store in memory (``/dev/shm``):
-what is left of the overhead without the disk's fsync on every store commit.
+``experiments.compile.compile_pipeline``. They alternate after a warm-up round; medians.
+
+What pipec adds is split into what it is made of, from two compile sizes at 0 ms per call (pure
+framework cost): each contender's wall time is fitted as ``fixed + marginal x LM calls`` through
+the small and the large compile, so ``fixed`` is the cost per compile (seconds: the MLflow run,
+params, reports, saving) and ``marginal`` the cost per LM call (milliseconds: DSPy's adapter and
+pipec's node capture, validators and candidate runs). ``ratio_20ms`` is the large compile (over
+2,000 LM calls) at 20 ms per call, a fast hosted model: pipec's wall time over plain DSPy's.
 
 Run: ``pipec bench overhead`` or ``python -m benchmarks.overhead``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,12 +43,16 @@ from benchmarks.harness import (
 
 __all__ = ["run"]
 
+logger = logging.getLogger("benchmarks")
+
 EXPERIMENT = "pipec-bench-overhead"
 N_TRAIN = 40
-N_VAL = 40
 THREADS = 4
 ROUNDS = 4
-OPTIMIZER = {"max_bootstrapped_demos": 4, "max_labeled_demos": 4, "num_candidate_programs": 4}
+# The two compile sizes: valset examples and candidate programs (every candidate is scored on the valset).
+SIZES = {"small": {"val": 40, "num_candidate_programs": 4}, "large": {"val": 100, "num_candidate_programs": 16}}
+DEMOS = {"max_bootstrapped_demos": 4, "max_labeled_demos": 4}
+TARGETS = {"added_marginal_ms": 0.5, "added_fixed_s": 1.0, "ratio_20ms": 1.05, "min_lm_calls_20ms": 2000}
 
 
 class _IntentSignature(dspy.Signature):
@@ -69,24 +78,26 @@ def _exact(example: dspy.Example, prediction: Any, trace: Any = None) -> float |
     return correct if trace is not None else float(correct)
 
 
-def _plain_compile(lm: Any, train: list, val: list, out: Path) -> None:
+def _plain_compile(lm: Any, train: list, val: list, out: Path, candidates: int) -> None:
     """Evaluate, compile, evaluate, save with DSPy alone."""
     from dspy.teleprompt import BootstrapFewShotWithRandomSearch
 
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         evaluate = dspy.Evaluate(devset=val, metric=_exact, num_threads=THREADS, display_progress=False)
         evaluate(_PlainIntent())
-        optimizer = BootstrapFewShotWithRandomSearch(metric=_exact, num_threads=THREADS, **OPTIMIZER)
+        optimizer = BootstrapFewShotWithRandomSearch(metric=_exact, num_threads=THREADS,
+                                                     num_candidate_programs=candidates, **DEMOS)
         compiled = optimizer.compile(_PlainIntent(), trainset=train, valset=val)
         evaluate(compiled)
         compiled.save(str(out))
 
 
-def _pipec_compile(lm_config: Any, pipeline: str, train_path: Path, val_path: Path, out: Path) -> dict[str, Any]:
+def _pipec_compile(lm_config: Any, pipeline: str, train_path: Path, val_path: Path, out: Path,
+                   candidates: int) -> dict[str, Any]:
     """The same compile through ``pipec compile``; returns its result."""
     from experiments.compile import CompileOptions, compile_pipeline
 
-    params = [f"{k}={v}" for k, v in OPTIMIZER.items()]
+    params = [f"{k}={v}" for k, v in {**DEMOS, "num_candidate_programs": candidates}.items()]
     opts = CompileOptions(pipeline, "bootstrap-rs", trainset=str(train_path), valset=str(val_path), params=params,
                           lm=lm_config, seed=0, out=str(out), threads=THREADS, experiment=EXPERIMENT,
                           progress=False, cache=False)
@@ -103,8 +114,9 @@ def _store(uri: str) -> Iterator[None]:
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
-def _measure(latency_ms: float, tmp: Path, train: list, val: list, rounds: int,
-             memory_store: str | None) -> dict[str, Any]:
+def _measure(latency_ms: float, tmp: Path, train: list, val: list, candidates: int, rounds: int,
+             memory_store: str | None = None) -> dict[str, Any]:
+    """Plain DSPy and pipec, alternately, on one compile size at one latency."""
     pipeline = f"{Path(banking77.__file__).resolve()}:IntentPipeline"
     train_path, val_path = write_jsonl(tmp / "train.jsonl", train), write_jsonl(tmp / "val.jsonl", val)
     lms = {name: latency_lm(latency_ms) for name in ("plain", "pipec", "pipec_memory_store")}
@@ -120,20 +132,24 @@ def _measure(latency_ms: float, tmp: Path, train: list, val: list, rounds: int,
         return contender
 
     contenders = {
-        "plain": counted("plain", lambda lm: _plain_compile(lm.lm, train, val, tmp / "plain.json")),
-        "pipec": counted("pipec", lambda lm: _pipec_compile(lm, pipeline, train_path, val_path, tmp / "pipec.json")),
+        "plain": counted("plain", lambda lm: _plain_compile(lm.lm, train, val, tmp / "plain.json", candidates)),
+        "pipec": counted("pipec", lambda lm: _pipec_compile(lm, pipeline, train_path, val_path, tmp / "pipec.json",
+                                                            candidates)),
     }
     if memory_store is not None:
         def on_memory_store(lm: Any) -> None:
             with _store(memory_store):
-                _pipec_compile(lm, pipeline, train_path, val_path, tmp / "pipec-m.json")
+                _pipec_compile(lm, pipeline, train_path, val_path, tmp / "pipec-m.json", candidates)
 
         contenders["pipec_memory_store"] = counted("pipec_memory_store", on_memory_store)
+    logger.info("overhead: %s ms per call, %d val, %d candidates", latency_ms, len(val), candidates)
     timings = alternate(contenders, rounds)
     seconds = {name: median([t for t, _ in runs]) for name, runs in timings.items()}
     lm_calls = {name: int(median(calls[name][-rounds:])) for name in timings}
     figures = {
         "latency_ms": latency_ms,
+        "val": len(val),
+        "num_candidate_programs": candidates,
         "plain_s": seconds["plain"],
         "pipec_s": seconds["pipec"],
         "ratio": seconds["pipec"] / seconds["plain"],
@@ -147,49 +163,92 @@ def _measure(latency_ms: float, tmp: Path, train: list, val: list, rounds: int,
     return figures
 
 
-def run(rounds: int = ROUNDS) -> dict[str, Any]:
-    """Measures pipec's compile against plain DSPy at 20 ms and at 0 ms per LM call.
+def _fit(small: dict[str, Any], large: dict[str, Any], contender: str) -> tuple[float, float]:
+    """``(fixed s, marginal ms per LM call)`` of the line through the two compile sizes."""
+    calls_small, calls_large = small["lm_calls"][contender], large["lm_calls"][contender]
+    t_small, t_large = small[f"{contender}_s"], large[f"{contender}_s"]
+    marginal = (t_large - t_small) / max(calls_large - calls_small, 1)
+    return t_small - marginal * calls_small, 1000.0 * marginal
 
-    A third contender, where ``/dev/shm`` exists, is pipec with its store in memory: the same
-    work without the disk's fsync per commit, to show how much of the overhead is the store's.
+
+def run(rounds: int = ROUNDS, sizes: dict[str, dict[str, int]] | None = None,
+        memory_store: bool = False) -> dict[str, Any]:
+    """Splits pipec's overhead into a fixed and a marginal cost (0 ms per call, two compile sizes)
+    and measures the large compile at 20 ms per call.
+
+    Args:
+        rounds: Timed rounds per contender (after one warm-up round).
+        sizes: ``{"small": {"val", "num_candidate_programs"}, "large": {...}}``; :data:`SIZES` by default.
+        memory_store: Also run pipec with its sqlite store on ``/dev/shm`` at 20 ms (how much of
+            what is left is the disk's fsync per store commit).
 
     Returns:
-        ``ratio_20ms``, ``ratio_0ms``, ``added_ms_per_call`` (at 20 ms) and the details,
-        plus ``table`` (Markdown).
+        ``fixed_s`` and ``marginal_ms`` (plain, pipec, added), ``ratio_20ms``, ``lm_calls_20ms``,
+        the targets and whether each is met, the details, and ``table`` (Markdown).
     """
+    sizes = sizes or SIZES
     train_all, _, _ = banking77.load_split()
-    train, val = train_all[:N_TRAIN], train_all[N_TRAIN:N_TRAIN + N_VAL]
+    train = train_all[:N_TRAIN]
+
+    def val_of(size: str) -> list:
+        return train_all[N_TRAIN:N_TRAIN + sizes[size]["val"]]
+
     shm = Path("/dev/shm")
     with (tempfile.TemporaryDirectory(prefix="pipec-bench-") as tmp, fresh_dspy_cache(None),
           tracking_store(Path(tmp) / "mlflow.db", [EXPERIMENT]),
           tempfile.TemporaryDirectory(prefix="pipec-bench-", dir=shm if shm.is_dir() else None) as memory):
-        memory_store = None
-        if shm.is_dir():
+        memory_uri = None
+        if memory_store and shm.is_dir():
             with tracking_store(Path(memory) / "mlflow.db", [EXPERIMENT]) as uri:
-                memory_store = uri
-        at20 = _measure(20.0, Path(tmp), train, val, rounds, memory_store)
-        at0 = _measure(0.0, Path(tmp), train, val, rounds, memory_store)
-    headers = ["LM latency", "LM calls", "plain DSPy s", "pipec s", "ratio pipec/plain", "added ms/call"]
-    if memory_store is not None:
-        headers.append("ratio, store in memory")
-    rows = [[f"{m['latency_ms']:.0f} ms", m["lm_calls"]["pipec"], m["plain_s"], m["pipec_s"], m["ratio"],
-             m["added_ms_per_call"], *([m["ratio_memory_store"]] if memory_store else [])] for m in (at20, at0)]
+                memory_uri = uri
+        at0 = {size: _measure(0.0, Path(tmp), train, val_of(size), sizes[size]["num_candidate_programs"], rounds)
+               for size in ("small", "large")}
+        at20 = _measure(20.0, Path(tmp), train, val_of("large"), sizes["large"]["num_candidate_programs"], rounds,
+                        memory_uri)
+    (plain_fixed, plain_marginal), (pipec_fixed, pipec_marginal) = (_fit(at0["small"], at0["large"], c)
+                                                                    for c in ("plain", "pipec"))
+    fixed = {"plain": plain_fixed, "pipec": pipec_fixed, "added": pipec_fixed - plain_fixed}
+    marginal = {"plain": plain_marginal, "pipec": pipec_marginal, "added": pipec_marginal - plain_marginal}
+    met = {
+        "added_marginal_ms": marginal["added"] <= TARGETS["added_marginal_ms"],
+        "added_fixed_s": fixed["added"] <= TARGETS["added_fixed_s"],
+        "ratio_20ms": at20["ratio"] <= TARGETS["ratio_20ms"] and at20["lm_calls"]["pipec"] >= TARGETS[
+            "min_lm_calls_20ms"],
+    }
+    headers = ["", "fixed s per compile", "marginal ms per LM call"]
+    rows = [["plain DSPy", plain_fixed, plain_marginal], ["pipec", pipec_fixed, pipec_marginal],
+            ["pipec adds", fixed["added"], marginal["added"]]]
+    runs_headers = ["LM latency", "LM calls", "plain DSPy s", "pipec s", "ratio pipec/plain",
+                    *(["ratio, store in memory"] if memory_uri else [])]
+    runs_rows = [[f"{m['latency_ms']:.0f} ms", m["lm_calls"]["pipec"], m["plain_s"], m["pipec_s"], m["ratio"],
+                  *([m["ratio_memory_store"]] if memory_uri and "ratio_memory_store" in m else [])]
+                 for m in (at0["small"], at0["large"], at20)]
+    if memory_uri:
+        for row in runs_rows[:2]:
+            row.append("")
+    table = (markdown_table(headers, rows) + "\n\n" + markdown_table(runs_headers, runs_rows)
+             + f"\n\nratio_20ms {at20['ratio']:.3f} at {at20['lm_calls']['pipec']} LM calls (target <= "
+             f"{TARGETS['ratio_20ms']}); pipec adds {fixed['added']:.3f} s per compile (target <= "
+             f"{TARGETS['added_fixed_s']}) and {marginal['added']:.3f} ms per LM call (target <= "
+             f"{TARGETS['added_marginal_ms']}).")
     return {
         "ratio_20ms": at20["ratio"],
-        "ratio_0ms": at0["ratio"],
-        "added_ms_per_call": at20["added_ms_per_call"],
-        "added_ms_per_call_0ms": at0["added_ms_per_call"],
-        "added_s_20ms": at20["pipec_s"] - at20["plain_s"],
-        "settings": {"optimizer": "bootstrap-rs", **OPTIMIZER, "seed": 0, "threads": THREADS, "train": N_TRAIN,
-                     "val": N_VAL, "rounds": rounds, "order": "warm-up round, then alternating (ABC, CBA); medians",
+        "lm_calls_20ms": at20["lm_calls"]["pipec"],
+        "fixed_s": fixed,
+        "marginal_ms": marginal,
+        "targets": TARGETS,
+        "targets_met": met,
+        "settings": {"optimizer": "bootstrap-rs", **DEMOS, "sizes": sizes, "seed": 0, "threads": THREADS,
+                     "train": N_TRAIN, "rounds": rounds,
+                     "order": "warm-up round, then alternating (AB, BA); medians",
+                     "fit": "wall time = fixed + marginal x LM calls through the small and large compile at 0 ms",
                      "dspy_cache": "off",
                      "tracking": "pipec: MLflow (parent run with params, metrics, artifacts; a child run per "
-                                 "candidate) into a temporary sqlite store on disk, and on /dev/shm for the "
-                                 "memory-store contender; plain: none"},
-        "at_20ms": at20,
+                                 "candidate) into a temporary sqlite store on disk; plain: none"},
         "at_0ms": at0,
+        "at_20ms": at20,
         "note": RATIO_NOTE,
-        "table": markdown_table(headers, rows),
+        "table": table,
     }
 
 
