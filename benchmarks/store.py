@@ -13,6 +13,7 @@ Run: ``pipec bench store`` or ``python -m benchmarks.store``.
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -106,6 +107,7 @@ def run(*, batch_sizes: tuple[int, ...] = BATCH_SIZES, rows_per_size: int = ROWS
                 "file_mb": path.stat().st_size / 1e6,
             }
     best = max(v["rows_per_second_median"] for v in sizes.values())
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     table = markdown_table(
         ["batch (node-call rows)", "batches", "rows/s (median batch)", "rows/s (slowest batch)", "rows/s (overall)",
          "rows per CPU-second (median)"],
@@ -114,10 +116,13 @@ def run(*, batch_sizes: tuple[int, ...] = BATCH_SIZES, rows_per_size: int = ROWS
     table += (f"\n\nTarget: >= {TARGET_ROWS_PER_SECOND:,} node-call rows/s in batches; best median "
               f"{best:,.0f} rows/s ({'met' if best >= TARGET_ROWS_PER_SECOND else 'NOT met'}). Each row also "
               "carries its trace (1 per 2 calls) and a verdict, in the same transaction. Wall-clock rates depend "
-              "on what else the machine runs (see the load average in the JSON); rows per CPU-second (this "
-              "process, all its threads) is the cost of an append on its own.")
+              "on what else the machine runs"
+              + (f" (load average {load[0]:.1f} on {os.cpu_count()} cores at the end)" if load else "")
+              + "; rows per CPU-second (this process, all its threads) is the cost of an append on its own.")
     return {"batch_sizes": sizes, "target_rows_per_second": TARGET_ROWS_PER_SECOND,
-            "best_rows_per_second": best, "target_met": best >= TARGET_ROWS_PER_SECOND, "table": table}
+            "best_rows_per_second": best, "target_met": best >= TARGET_ROWS_PER_SECOND,
+            "best_rows_per_cpu_second": max(v["rows_per_cpu_second_median"] for v in sizes.values()),
+            "load_average_at_end": [round(x, 2) for x in load] if load else None, "table": table}
 
 
 if __name__ == "__main__":
