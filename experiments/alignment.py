@@ -332,6 +332,33 @@ def _agrees(judge: Any) -> Callable[..., bool]:
     return metric
 
 
+def _compiled_predict(judge: Any, predict: Any, train: Sequence[LabelledExample], optimizer: str,
+                      params: Mapping[str, Any], seed: int) -> Any:
+    """The judge's ``dspy.Predict`` compiled by a registry optimizer on the training labels."""
+    import dspy
+
+    from optimizers.registry import prepare_optimizer
+
+    class JudgeModule(dspy.Module):  # the judge as a one-predictor DSPy program
+        def __init__(self, predict: Any) -> None:
+            super().__init__()
+            self.predict = predict
+
+        def forward(self, **inputs: Any) -> Any:
+            return self.predict(**inputs)
+
+    lm = judge.lm or dspy.settings.lm
+    prepared = prepare_optimizer(optimizer, _agrees(judge), params, seed=seed, lm=lm)
+    settings: dict[str, Any] = {"lm": lm} if judge.adapter is None else {"lm": lm, "adapter": judge.adapter}
+    try:
+        with dspy.context(**settings):
+            compiled = prepared.teleprompter.compile(JudgeModule(predict), trainset=_trainset(judge, train),
+                                                     **prepared.compile_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optimizer {optimizer!r} could not compile the judge: {exc}") from exc
+    return compiled.predict
+
+
 def align_judge(judge: Any, examples: Sequence[LabelledExample], *, optimizer: str = "labeled",
                 params: Mapping[str, Any] | None = None, seed: int = 0, test_fraction: float = 0.4,
                 demos_k: int = 4) -> tuple[AlignResult, Any]:
@@ -354,7 +381,6 @@ def align_judge(judge: Any, examples: Sequence[LabelledExample], *, optimizer: s
     Raises:
         UserError: Fewer than 4 labelled examples, or an unknown optimizer.
     """
-    import dspy
 
     if len(examples) < 4:
         raise UserError(f"judge {judge.name} has {len(examples)} human-labelled node calls; label at least 4 "
@@ -369,30 +395,8 @@ def align_judge(judge: Any, examples: Sequence[LabelledExample], *, optimizer: s
         aligned.demo_k = demos_k
         demos = [ex.row(judge.mode) for ex in pool]
     else:
-        from optimizers.registry import prepare_optimizer
-
-        class JudgeModule(dspy.Module):
-            def __init__(self, predict: Any) -> None:
-                super().__init__()
-                self.predict = predict
-
-            def forward(self, **inputs: Any) -> Any:
-                return self.predict(**inputs)
-
-        prepared = prepare_optimizer(optimizer, _agrees(judge), params or {}, seed=seed,
-                                     lm=judge.lm or dspy.settings.lm)
-        student = JudgeModule(aligned.predict)
-        settings: dict[str, Any] = {"lm": judge.lm or dspy.settings.lm}
-        if judge.adapter is not None:
-            settings["adapter"] = judge.adapter
-        try:
-            with dspy.context(**settings):
-                compiled = prepared.teleprompter.compile(student, trainset=_trainset(judge, train),
-                                                         **prepared.compile_kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"optimizer {optimizer!r} could not compile the judge: {exc}") from exc
-        aligned.predict = compiled.predict
-        demos = [dict(d) for d in compiled.predict.demos]
+        aligned.predict = _compiled_predict(judge, aligned.predict, train, optimizer, params or {}, seed)
+        demos = [dict(d) for d in aligned.predict.demos]
     after = _graded(aligned, test)
     return AlignResult(validator=judge.name, optimizer=optimizer, seed=seed, n_train=len(train), n_test=len(test),
                        before=before, after=after, demos=demos), aligned
