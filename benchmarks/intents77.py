@@ -57,6 +57,8 @@ ROWS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
     ("vote hash k=8", "vote", {"embedding": "hash", "k": 8}, "full"),
     ("vote minilm k=1", "vote", {"embedding": "minilm", "k": 1}, "full"),
     ("vote minilm k=8", "vote", {"embedding": "minilm", "k": 8}, "full"),
+    ("vote minilm k=1 (subset)", "vote", {"embedding": "minilm", "k": 1}, "subset"),
+    ("vote minilm k=8 (subset)", "vote", {"embedding": "minilm", "k": 8}, "subset"),
     ("knn minilm k=8 narrow=2", "lm", {"optimizer": "knn", "embedding": "minilm", "k": 8, "narrow": 2},
      "subset"),
     ("knn minilm k=8 narrow=4", "lm", {"optimizer": "knn", "embedding": "minilm", "k": 8, "narrow": 4},
@@ -174,7 +176,7 @@ class _Programs:
 
 
 def _row(name: str, kind: str, scope: str, settings: dict[str, Any], figures: dict[str, Any] | None,
-         small: dict[str, Any] | None, note: str = "") -> dict[str, Any]:
+         small: dict[str, Any] | None, note: str = "", subset: dict[str, Any] | None = None) -> dict[str, Any]:
     row = {"row": name, "kind": kind, "scope": scope, "settings": settings, "note": note}
     if figures is None:
         return {**row, "status": NOT_RUN}
@@ -182,6 +184,7 @@ def _row(name: str, kind: str, scope: str, settings: dict[str, Any], figures: di
 
     return {**row, "status": "measured", "n": figures["n"], "accuracy": figures["accuracy"],
             "macro_f1": figures["macro_f1"], "small_accuracy": small["accuracy"],
+            "subset_accuracy": (subset or {}).get("accuracy", NOT_RUN),
             "lm_calls_per_query": figures["lm_calls_per_query"],
             "prompt_tokens_per_query": figures["prompt_tokens_per_query"], "errors": figures["errors"],
             "seconds": figures["seconds"], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -191,12 +194,13 @@ def _row(name: str, kind: str, scope: str, settings: dict[str, Any], figures: di
 def _table(rows: list[dict[str, Any]]) -> str:
     def cells(r: dict[str, Any]) -> list[Any]:
         if r["status"] == NOT_RUN:
-            return [r["row"], NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN]
-        return [r["row"], r["n"], r["accuracy"], r["macro_f1"], r["small_accuracy"], r["lm_calls_per_query"],
-                r["prompt_tokens_per_query"]]
+            return [r["row"], NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN]
+        return [r["row"], r["n"], r["accuracy"], r["macro_f1"], r.get("subset_accuracy", NOT_RUN),
+                r["small_accuracy"], r["lm_calls_per_query"], r["prompt_tokens_per_query"]]
 
-    return markdown_table(["program", "dev messages", "accuracy", "macro-F1", f"accuracy on the {SMALL} common",
-                           "LM calls / query", "prompt tokens / query"], [cells(r) for r in rows])
+    return markdown_table(["program", "dev messages", "accuracy", "macro-F1", "accuracy on the 77 subset",
+                           f"accuracy on the {SMALL} common", "LM calls / query", "prompt tokens / query"],
+                          [cells(r) for r in rows])
 
 
 def _previous(path: Path | None) -> dict[str, dict[str, Any]]:
@@ -234,7 +238,9 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
     planned = list(ROWS)
     for name in OPTIMIZERS:
         if name not in {"knn", "labeled"}:
-            planned.append((name, "lm", {"optimizer": name, "budget": SEARCH_BUDGETS.get(name, "not set")}, "small"))
+            budget = SEARCH_BUDGETS.get(name) or "pipec's defaults: " + ", ".join(
+                f"{k}={v}" for k, v in OPTIMIZERS[name].defaults.items())
+            planned.append((name, "lm", {"optimizer": name, "budget": budget}, "small"))
     wanted = set(rows) if rows is not None else {r[0] for r in ROWS}
     started = time.perf_counter()
 
@@ -270,7 +276,9 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
                 figures = _classify(program, examples, labels)
         small = _scores_on(figures, examples, range(min(SMALL, len(examples)))
                            if scope != "full" else [scopes["full"].index(i) for i in scopes["small"]], labels)
-        measured[name] = _row(name, kind, scope, settings, figures, small)
+        positions = {"full": scopes["subset"], "subset": range(len(examples))}.get(scope)
+        sub = _scores_on(figures, examples, positions, labels) if positions is not None else None
+        measured[name] = _row(name, kind, scope, settings, figures, small, subset=sub)
         logger.info("intents77: %s accuracy %.3f (%d examples, %.0f s)", name, figures["accuracy"], figures["n"],
                     figures["seconds"])
         if checkpoint is not None:

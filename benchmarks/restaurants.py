@@ -4,7 +4,10 @@ Data: ``../shared/datasets/restaurants`` (``$PIPEC_RESTAURANTS``): 378 questions
 over a three-table DuckDB database, each in one of ten folds, every SQL template in one fold.
 Folds 0-7 are the trainset (the knn pool; nothing is tuned on 8-9), folds 8-9 the test set: SQL
 shapes never seen in training. Questions repeat inside the dataset; each distinct
-(question, gold SQL) pair is scored once.
+(question, gold SQL) pair is scored once. Folds 8-9 hold 40 distinct questions but only 4 distinct
+gold queries (paraphrases: 23 of one, 11, 4, 2 of the others); the LM rows are scored on at most
+``PER_QUERY`` paraphrases of each gold query (11 questions), which weighs the four queries
+evenly and fits the embedded model's time on 2 shared cores.
 
 Scoring is execution in the sandbox (``metrics.sql_checks.SqlResultMatch``: the same rows as the
 gold query). The README of the dataset warns that 195 of 378 gold queries return no rows, where
@@ -41,6 +44,7 @@ __all__ = ["ROWS", "RestaurantsSQL", "database_path", "dataset_dir", "load_split
 logger = logging.getLogger(__name__)
 
 TEST_FOLDS = (8, 9)
+PER_QUERY = 3  # paraphrases scored per distinct gold query of the test folds
 NOT_RUN = "not run"
 INSTRUCTIONS = ("Write one DuckDB SQL SELECT query over the given schema that answers the question about "
                 "restaurants. Text values in the database are lower case.")
@@ -158,9 +162,11 @@ class RestaurantsSQL(Pipeline):
         return dspy.Prediction(sql=self.generate(question=question, db_schema=self.schema).sql)
 
 
-def load_split() -> tuple[list[dspy.Example], list[dspy.Example]]:
-    """(train, test): folds 0-7 and 8-9, each distinct (question, sql) pair once, in file order."""
+def load_split(per_query: int | None = None) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """(train, test): folds 0-7 and 8-9, each distinct (question, sql) pair once, in file order;
+    with ``per_query``, at most that many test questions per distinct gold query (the first ones)."""
     train, test, seen = [], [], set()
+    per_gold: dict[str, int] = {}
     for line in (dataset_dir() / "questions.jsonl").read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
@@ -170,7 +176,11 @@ def load_split() -> tuple[list[dspy.Example], list[dspy.Example]]:
             continue
         seen.add(key)
         example = dspy.Example(question=row["question"], sql=row["sql"]).with_inputs("question")
-        (test if int(row["fold"]) in TEST_FOLDS else train).append(example)
+        if int(row["fold"]) not in TEST_FOLDS:
+            train.append(example)
+        elif per_query is None or per_gold.get(row["sql"], 0) < per_query:
+            per_gold[row["sql"]] = per_gold.get(row["sql"], 0) + 1
+            test.append(example)
     return train, test
 
 
@@ -259,7 +269,7 @@ def _previous(path: Path | None) -> dict[str, dict[str, Any]]:
 
 
 def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]], None] | None = None,
-        keep: str | os.PathLike | None = None) -> dict[str, Any]:
+        keep: str | os.PathLike | None = None, per_query: int | None = PER_QUERY) -> dict[str, Any]:
     """Measures the rows (all of ``ROWS`` by default; the others say "not run").
 
     Args:
@@ -267,12 +277,14 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
         checkpoint: Called with the result so far after every row (to write it).
         keep: An earlier result file whose measured rows are kept (each carries the date and the
             commit it was measured at) unless run again now.
+        per_query: Test questions per distinct gold query (None: all 40).
     """
     from experiments.lm import make_lm
     from experiments.tracking import code_version
 
     database = str(database_path())
-    train, test = load_split()
+    train, test = load_split(per_query)
+    all_test = len(load_split()[1])
     wanted = [name for name, _ in ROWS] if rows is None else list(rows)
     config = None
     kept = _previous(Path(keep) if keep else None)
@@ -285,7 +297,8 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
                 "settings": {
                     "dataset": "Restaurants (jkkummerfeld/text2sql-data), distinct (question, sql) pairs",
                     "database": database, "train_folds": "0-7", "test_folds": list(TEST_FOLDS),
-                    "train": len(train), "test": len(test),
+                    "train": len(train), "test": len(test), "test_distinct_in_folds": all_test,
+                    "per_query": per_query,
                     "test_nonempty_gold": next((r["n_nonempty"] for r in all_rows if "n_nonempty" in r), None),
                     "knn": "RetrievalFewShot(k=4, embedding=hash, order=nearest_last), pool = folds 0-7, no tuning",
                     "lm": "local (SmolLM2-135M-Instruct, llama.cpp, JSON-schema constrained decoding), "
