@@ -66,6 +66,13 @@ def _optimizers() -> list[str]:
     return list(registry.OPTIMIZERS)
 
 
+def _defaults(names: list[str]) -> dict[str, dict[str, Any]]:
+    """pipec's constructor defaults of each optimizer (``--param`` values in PARAMS override them)."""
+    from optimizers.registry import OPTIMIZERS
+
+    return {n: {k: str(v) for k, v in OPTIMIZERS[n].defaults.items()} for n in names if n in OPTIMIZERS}
+
+
 def _split() -> tuple[list[dspy.Example], list[dspy.Example], list[dspy.Example]]:
     """(train, val, dev): the valset is the first ``VAL_PER_LABEL`` train examples of each label."""
     train_all, dev, labels = banking77.load_split()
@@ -184,6 +191,9 @@ def run() -> dict[str, Any]:
             "val_source": f"the first {VAL_PER_LABEL} train examples of each label (the split is already shuffled)",
             "lm": "local (SmolLM2-135M-Instruct, llama.cpp, JSON-schema constrained decoding), temperature 0",
             "threads": 1, "seed": 0, "optimizer_params": {n: PARAMS.get(n, []) for n in names},
+            # Every registered optimizer runs, each within a stated budget: its --param caps above,
+            # else pipec's defaults (the textual optimizers' max_lm_calls among them).
+            "optimizer_defaults": _defaults(names),
             "defaults": "pipec's (`pipec optimizers`) for everything not in optimizer_params",
             "dspy_cache": "a fresh disk cache per optimizer (zero-shot: none)",
             "mlflow": {"experiment": EXPERIMENT, "tracking_uri": tracking_uri(), "session_tag": session},
