@@ -86,7 +86,7 @@ text-decoration:none;border-left:4px solid #9aa5b1} aside li a.current{outline:2
 .t1{border-left-color:#d33 !important} .t2{border-left-color:#e0a000 !important} .t3{border-left-color:#3a3 !important}
 .badge{font-size:11px;padding:1px 5px;border-radius:8px;background:#e8ebef;margin-right:4px;white-space:nowrap}
 .badge.bad{background:#fde2e2;color:#a11} .badge.good{background:#dff5df;color:#161}
-section.item{flex:1;min-width:0;padding-bottom:40px}
+section.item{flex:1;min-width:0;padding-bottom:140px}
 .card{background:#fff;border-radius:6px;padding:10px 14px;margin-bottom:10px;
 border:1px solid #d9dee4} article.call{cursor:pointer} article.call.focus{border:2px solid #2f6fde}
 article.call.first-failure h3::after{content:" ← first failing step";color:#a11;font-size:12px}
