@@ -145,23 +145,32 @@ class Replier(Pipeline):
         return dspy.Prediction(reply=self.reply(message=message).reply)
 
 
+def replied(message, reply):
+    """A Replier prediction carrying its node call, as a real run attaches it."""
+    from programs.trace import NodeCall, attach
+
+    prediction = dspy.Prediction(reply=reply)
+    attach(prediction, [NodeCall("reply", "writer", 0, {"message": message}, {"reply": reply}, "reply")])
+    return prediction
+
+
 def test_a_judge_failure_is_left_out_of_the_means():
     judge_lm, _ = scripted({"judgement": {"score": 9, "comment": "?"}})
     metric = PipelineMetric(Replier(), judge_lm=judge_lm)
     example = dspy.Example(message="Where is it?", reply="Sorry, Monday.").with_inputs("message")
-    verdicts = metric.judge(example, dspy.Prediction(reply="Sorry, it ships Monday."))
+    verdicts = metric.judge(example, replied("Where is it?", "Sorry, it ships Monday."))
     reply = verdicts["reply"]
     assert reply.counted and reply.score == 1.0 and not reply.passed  # the length check alone is counted
     assert reply.details["judge_failures"] == 1 and "the judge could not grade" in reply.feedback
-    assert metric(example, dspy.Prediction(reply="Sorry, it ships Monday.")) == 1.0
-    assert metric(example, dspy.Prediction(reply="Sorry, it ships Monday."), trace=[]) is False
+    assert metric(example, replied("Where is it?", "Sorry, it ships Monday.")) == 1.0
+    assert metric(example, replied("Where is it?", "Sorry, it ships Monday."), trace=[]) is False
 
 
 def test_the_task_inputs_reach_the_judge():
     judge_lm, engine = scripted({"judgement": {"score": 1.0, "comment": "ok"}})
     metric = PipelineMetric(Replier(), judge_lm=judge_lm)
     example = dspy.Example(message="荷物はどこですか？", reply="申し訳ありません。").with_inputs("message")
-    metric.judge(example, dspy.Prediction(reply="申し訳ありません。月曜日に届きます。"))
+    metric.judge(example, replied("荷物はどこですか？", "申し訳ありません。月曜日に届きます。"))
     text = prompt(engine)
     assert "message: 荷物はどこですか？" in text and "申し訳ありません。月曜日に届きます。" in text
 
