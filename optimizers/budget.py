@@ -217,8 +217,15 @@ class Budget:
 
     @contextlib.contextmanager
     def track(self) -> Iterator[Budget]:
-        """Counts and gates every DSPy LM call inside the block (on every thread DSPy uses)."""
-        tracker = _Tracker(self, dspy.settings.usage_tracker)
+        """Counts and gates every DSPy LM call inside the block (on every thread DSPy uses).
+
+        Re-entrant: inside a block of the same budget, a nested ``track()`` changes nothing (each
+        call is counted once)."""
+        current = dspy.settings.usage_tracker
+        if isinstance(current, _Tracker) and current.budget is self:
+            yield self
+            return
+        tracker = _Tracker(self, current)
         with dspy.context(usage_tracker=tracker, callbacks=[*dspy.settings.callbacks, _Gate(self)]):
             yield self
 

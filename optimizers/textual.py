@@ -249,12 +249,11 @@ class TextualOptimizer(Teleprompter):
         if best is original or best.score is None or original.score is None or not self._confirm_examples:
             return best
         self._reserve = 0
-        try:
-            with self.budget.track():
-                rest_original = self.evaluate(original.instructions, self._confirm_examples, kind="confirm",
-                                              candidate=original, partial=False)
-                rest_best = self.evaluate(best.instructions, self._confirm_examples, kind="confirm", candidate=best,
-                                          partial=False)
+        try:  # (inside the compile's budget.track())
+            rest_original = self.evaluate(original.instructions, self._confirm_examples, kind="confirm",
+                                          candidate=original, partial=False)
+            rest_best = self.evaluate(best.instructions, self._confirm_examples, kind="confirm", candidate=best,
+                                      partial=False)
         except (BudgetExhaustedError, BudgetStop):
             logger.info("%s: no budget left to confirm %s on the whole valset; keeping the original",
                         self.method, best.id)

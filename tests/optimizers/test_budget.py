@@ -84,3 +84,14 @@ def test_an_enclosing_tracker_still_sees_every_call():
 def test_bad_caps_are_config_errors(bad):
     with pytest.raises(ConfigError, match=f"--param {next(iter(bad))}"):
         Budget(**bad)
+
+
+def test_a_nested_track_counts_each_call_once():
+    lm, _ = fake_lm(lambda fields, inputs: {"category": "billing"})
+    budget = Budget(max_lm_calls=10)
+    with dspy.context(lm=lm.lm, adapter=lm.adapter), lm_usage() as usage:
+        with budget.track():
+            ask(1)
+            with budget.track():
+                ask(2)
+    assert budget.calls == usage.calls == 3
