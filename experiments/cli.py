@@ -34,6 +34,10 @@ def _quiet_libraries() -> None:
     """Keep third-party chatter out of the user's terminal; warnings still show."""
     for name in ("LiteLLM", "litellm", "httpx", "mlflow", "dspy", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Logging the program as an mlflow.dspy model saves it with DSPy's pickle-based saver, which
+    # warns about *loading* pickles on every save; the README says how to load it.
+    for name in ("dspy.primitives.base_module", "dspy.dsp.utils.settings"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     # Truncation is reported per call; the validators already report over-long output per node.
     logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -161,14 +165,29 @@ _PREFLIGHT_HELP = ("Skip the preflight. Before a run starts, every remote LM it 
               help="MLflow experiment name.")
 @click.option("--no-cache", is_flag=True, help="Bypass DSPy's LM response cache.")
 @click.option("--judge-lm", envvar="PIPEC_JUDGE_LM", default=None, help=_JUDGE_LM_HELP)
+@click.option("--prompt-lm", envvar="PIPEC_PROMPT_LM", default=None, help="The LM that writes prompts for the "
+              "textual-feedback optimizers (protegi, opro, ape, evoprompt, feedback, human), in the same forms as "
+              "--lm. Default: $PIPEC_PROMPT_LM, else the task LM.")
 @click.option("--store", envvar="PIPEC_STORE", metavar="PATH", help="The flywheel store a store: trainset reads. "
               "Default: $PIPEC_STORE, else $PIPEC_HOME/store.duckdb.")
+@click.option("--repeats", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Run the final evaluation N times with DSPy's cache bypassed: mean and 95% interval per node "
+              "and overall, and how often each example's verdict flips.")
+@click.option("--max-cost", type=click.FloatRange(0.0), metavar="USD", help="Dollars the optimizer may spend "
+              "(LiteLLM's price map; the embedded LM costs 0). pipec's textual optimizers stop with their best "
+              "program; DSPy's own keep no partial result, so the uncompiled program is kept and the run says so.")
+@click.option("--no-mlflow-model", is_flag=True, help="Do not log the compiled program as an mlflow.dspy model "
+              "(the program JSON is logged either way).")
+@click.option("--no-mlflow-records", is_flag=True, help="Do not log the MLflow dataset inputs, Prompt Registry "
+              "versions and sample traces (they add about a second or more per compile on a sqlite store).")
 @click.option("--no-preflight", is_flag=True, help=_PREFLIGHT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimizer: str, params: tuple[str, ...],
                 lm: str | None, api_base: str | None, seed: int, out: str | None, threads: int | None,
                 experiment: str, no_cache: bool, judge_lm: str | None, as_json: bool, resume: str | None,
-                store: str | None = None, no_preflight: bool = False) -> None:
+                prompt_lm: str | None = None, store: str | None = None, repeats: int = 1,
+                max_cost: float | None = None, no_mlflow_model: bool = False, no_preflight: bool = False,
+                no_mlflow_records: bool = False) -> None:
     """Compile PIPELINE (a built-in name such as triage or sql, or path/to/file.py:ClassName).
 
     Evaluates the pipeline on the valset, compiles it with the optimizer on the trainset,
@@ -188,7 +207,9 @@ def compile_cmd(pipeline: str, trainset: str | None, valset: str | None, optimiz
         opts = CompileOptions(pipeline=pipeline, optimizer=optimizer, trainset=trainset, valset=valset,
                               params=params, lm=lm, api_base=api_base, seed=seed, out=out, threads=threads,
                               experiment=experiment, progress=True, cache=not no_cache, judge_lm=judge_lm,
-                              store=store, preflight=not no_preflight)
+                              prompt_lm=prompt_lm, store=store, repeats=repeats, max_cost=max_cost,
+                              mlflow_model=not no_mlflow_model, preflight=not no_preflight,
+                              mlflow_records=not no_mlflow_records)
     result = _run(lambda: compile_pipeline(opts, say=_say))
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
@@ -210,9 +231,10 @@ def _check_resume_flags(pipeline: str | None) -> None:
 
 
 # The demo's budget: knn's tuning (k, embedding, order on the valset) would take the embedded LM
-# well past 5 minutes on 2 cores, so the demo shows knn with its default settings (k=8, hash
-# embedding); the README's measured gain is with tuning.
-_DEMO_PARAMS: dict[str, tuple[str, ...]] = {"knn": ("max_lm_calls=0",)}
+# well past 5 minutes on 2 cores, and 8 retrieved demos per call make each writer prompt about
+# twice as long to read as 4; so the demo shows knn untuned with k=4 (hash embedding). The
+# README's measured gain is with tuning.
+_DEMO_PARAMS: dict[str, tuple[str, ...]] = {"knn": ("max_lm_calls=0", "k=4")}
 
 
 @cli.command()
@@ -230,9 +252,8 @@ def demo(optimizer: str, lm: str, as_json: bool) -> None:
     _say("demo: compiling the built-in 'triage' pipeline (classifier -> writer).")
     params = _DEMO_PARAMS.get(optimizer, ())
     if params:
-        _say(f"demo: {optimizer} runs with {' '.join(params)} so the demo takes about 5 minutes on 2 cores "
-             f"(no tuning: its default settings); `pipec compile triage --optimizer {optimizer}` tunes them on the "
-             "valset.")
+        _say(f"demo: {optimizer} runs with {' '.join(params)} (no tuning) so the demo takes about 5 minutes on 2 "
+             f"cores; `pipec compile triage --optimizer {optimizer}` tunes its settings on the valset.")
     opts = CompileOptions(pipeline="triage", optimizer=optimizer, lm=lm, params=params,
                           extra_tags={"pipec.demo": "true"})
     result = _run(lambda: compile_pipeline(opts, say=_say))
@@ -240,6 +261,32 @@ def demo(optimizer: str, lm: str, as_json: bool) -> None:
         click.echo(json.dumps(result, ensure_ascii=False))
     else:
         _print_result(result)
+
+
+_REPEATS_HELP = ("Evaluate N times with DSPy's cache bypassed: mean and 95% interval per node and overall, "
+                 "and how often each example's verdict flips. At temperature 0 a deterministic LM (the embedded "
+                 "one) repeats itself exactly: add --temperature to sample.")
+_TEMPERATURE_HELP = "The task LM's sampling temperature (default: 0 for the embedded LM, the provider's otherwise)."
+
+
+def _repeats_table(summary: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    def interval(entry: dict[str, Any]) -> str:
+        return "–" if entry["low"] is None else f"[{entry['low']:.3f}, {entry['high']:.3f}]"
+
+    table = Table(title=f"{summary['repeats']} repeats · {summary['resampling']['note']}")
+    for column in ("", "mean", f"{summary['level']:.0%} interval", "per repeat", "flips", "examples flipped"):
+        table.add_column(column, justify="left" if column in ("", "per repeat") else "right")
+    score = summary["score"]
+    table.add_row("pipeline", "–" if score["mean"] is None else f"{score['mean']:.3f}", interval(score),
+                  " ".join("–" if v is None else f"{v:.3f}" for v in score["repeats"]),
+                  str(sum(e["flips"] for e in summary["examples"])), str(summary["flipped_examples"]))
+    for node, entry in summary["nodes"].items():
+        table.add_row(f"  node {node}", "–" if entry["mean"] is None else f"{entry['mean']:.3f}", interval(entry),
+                      " ".join("–" if v is None else f"{v:.3f}" for v in entry["repeats"]),
+                      str(entry["flips"]), str(entry["flipped_examples"]))
+    return table
 
 
 @cli.command("evaluate")
@@ -256,11 +303,13 @@ def demo(optimizer: str, lm: str, as_json: bool) -> None:
 @click.option("--experiment", envvar="PIPEC_EXPERIMENT", default="pipec", show_default=True,
               help="MLflow experiment name.")
 @click.option("--no-cache", is_flag=True, help="Bypass DSPy's LM response cache.")
+@click.option("--repeats", type=click.IntRange(1, 100), default=1, show_default=True, help=_REPEATS_HELP)
+@click.option("--temperature", type=click.FloatRange(0.0, 2.0), help=_TEMPERATURE_HELP)
 @click.option("--no-preflight", is_flag=True, help=_PREFLIGHT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate_cmd(target: str, devset: str | None, pipeline: str | None, lm: str | None, judge_lm: str | None,
-                 api_base: str | None, threads: int | None, experiment: str, no_cache: bool, as_json: bool,
-                 no_preflight: bool = False) -> None:
+                 api_base: str | None, threads: int | None, experiment: str, no_cache: bool, repeats: int,
+                 temperature: float | None, as_json: bool, no_preflight: bool = False) -> None:
     """Evaluate PIPELINE_OR_PROGRAM per node: a pipeline (triage, sql, path/to/file.py:ClassName) or a
     compiled program (the .json file pipec compile saved).
 
@@ -272,7 +321,7 @@ def evaluate_cmd(target: str, devset: str | None, pipeline: str | None, lm: str 
 
     opts = EvaluateOptions(target=target, devset=devset, pipeline=pipeline, lm=lm, judge_lm=judge_lm,
                            api_base=api_base, threads=threads, experiment=experiment, cache=not no_cache,
-                           preflight=not no_preflight)
+                           repeats=repeats, temperature=temperature, preflight=not no_preflight)
     result = _run(lambda: evaluate_pipeline(opts, say=_say))
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
@@ -280,6 +329,8 @@ def evaluate_cmd(target: str, devset: str | None, pipeline: str | None, lm: str 
     console = _console()
     for renderable in evaluation_table(result):
         console.print(renderable)
+    if result.get("repeats"):
+        console.print(_repeats_table(result["repeats"]))
     if result["run_id"]:
         console.print(f"MLflow run: {result['run_id']} in {result['tracking_uri']}")
 
@@ -354,27 +405,148 @@ def runs() -> None:
 @click.option("--experiment", envvar="PIPEC_EXPERIMENT", default="pipec", show_default=True,
               help="MLflow experiment name.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--pipeline", help="Only runs of this pipeline (as given to pipec compile).")
+@click.option("--optimizer", "-o", help="Only runs of this optimizer.")
+@click.option("--status", type=click.Choice(["RUNNING", "FINISHED", "FAILED", "KILLED"], case_sensitive=False),
+              help="Only runs in this state.")
+@click.option("--since", metavar="WHEN", help="Only runs started since WHEN: a date (2026-11-25), a UTC time "
+              "(2026-11-25T14:00) or an age (30m, 12h, 3d, 2w).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def runs_list(experiment: str, limit: int, as_json: bool) -> None:
-    """List compile runs, newest first, with their baseline and compiled scores."""
-    from experiments.runs import list_runs
+def runs_list(experiment: str, limit: int, pipeline: str | None, optimizer: str | None, status: str | None,
+              since: str | None, as_json: bool) -> None:
+    """List compile runs, newest first, with their baseline and compiled scores and cost in US
+    dollars (LiteLLM's price map; the embedded LM costs 0; "unknown" for a model without a price)."""
+    from experiments.runs import list_runs, parse_since
 
-    rows = _run(lambda: list_runs(experiment, limit))
+    rows = _run(lambda: list_runs(experiment, limit, pipeline=pipeline, optimizer=optimizer, status=status,
+                                  since=parse_since(since) if since else None))
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False))
         return
     from rich.table import Table
 
     table = Table(title=f"experiment {experiment}")
-    for column in ("run_id", "start", "status", "pipeline", "optimizer", "lm", "baseline", "compiled"):
-        table.add_column(column, justify="right" if column in ("baseline", "compiled") else "left")
+    for column in ("run_id", "start", "status", "pipeline", "optimizer", "lm", "baseline", "compiled", "cost $"):
+        table.add_column(column, justify="right" if column in ("baseline", "compiled", "cost $") else "left")
     for r in rows:
         fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+        cost = ("unknown" if r.get("cost_unpriced") else "") if r.get("cost_usd") is None else f"{r['cost_usd']:.4f}"
         table.add_row(r["run_id"], r["start_time"], r["status"], r["pipeline"] or "", r["optimizer"] or "",
-                      r["lm"] or "", fmt(r["baseline_score"]), fmt(r["compiled_score"]))
+                      r["lm"] or "", fmt(r["baseline_score"]), fmt(r["compiled_score"]), cost)
     _console().print(table)
     if not rows:
-        click.echo("No compile runs yet: try `pipec demo`.")
+        click.echo("No compile runs match." if pipeline or optimizer or status or since
+                   else "No compile runs yet: try `pipec demo`.")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Show RUN_ID: settings, scores per node, cost per phase, datasets, prompts, models, artifacts."""
+    from experiments.runs import show_run
+
+    run = _run(lambda: show_run(run_id))
+    if as_json:
+        click.echo(json.dumps(run, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]{run['run_name']}[/bold] {run['run_id']} · {run['kind'] or 'run'} · {run['status']} · "
+                  f"started {run['start_time']} UTC")
+    console.print(f"pipeline {run['pipeline']} · optimizer {run['optimizer']} · LM {run['lm']}")
+    cost = run["cost"]
+    usd = "unknown" if cost["usd"] is None else f"${cost['usd']:.4f}"
+    phases = ", ".join(f"{k} ${v:.4f}" for k, v in sorted(cost["phases"].items()))
+    console.print(f"cost {usd}" + (f" ({phases})" if phases else "")
+                  + (f"; no price for {cost['unpriced']}" if cost["unpriced"] else ""))
+    scores = Table(title="scores")
+    stages = list(run["scores"])
+    scores.add_column("")
+    for stage in stages:
+        scores.add_column(stage, justify="right")
+    nodes = sorted({n for entry in run["scores"].values() for n in entry["nodes"]})
+    scores.add_row("pipeline", *(f"{run['scores'][s]['score']:.3f}" for s in stages))
+    for node in nodes:
+        scores.add_row(f"  node {node}", *(("" if (v := run["scores"][s]["nodes"].get(node)) is None else f"{v:.3f}")
+                                          for s in stages))
+    console.print(scores)
+    for label, items in (("datasets", [f"{d['name']} ({d['context']}, digest {d['digest']})" for d in run["datasets"]]),
+                         ("prompts", [f"{p.get('name')} v{p.get('version')}" for p in run["prompts"]]),
+                         ("models", [f"{m['name']} {m['uri']}" for m in run["models"]]),
+                         ("artifacts", run["artifacts"])):
+        console.print(f"{label}: " + (", ".join(items) if items else "none"))
+
+
+@runs.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--stage", help="Which per-example results to compare: compiled, baseline or evaluate. Default: "
+              "compiled when the runs have them, else evaluate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap interval.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write the report as HTML here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def runs_compare(run_a: str, run_b: str, stage: str | None, seed: int, html_file: str | None, as_json: bool) -> None:
+    """Compare RUN_B against RUN_A node by node.
+
+    Per node: the instruction diff, demos added and removed, and the score delta with a paired
+    bootstrap 95% interval; per example (matched by input): win, loss or tie, with both outputs
+    and verdicts, regressions first. The HTML report is also logged on RUN_B (compare/vs-RUN_A.html)
+    so it opens in the MLflow UI.
+    """
+    from experiments.compare import compare_html, compare_runs, log_compare_html
+
+    result = _run(lambda: compare_runs(run_a, run_b, stage=stage, seed=seed))
+    page = compare_html(result)
+    if html_file:
+        with open(html_file, "w", encoding="utf-8") as out:
+            out.write(page)
+    try:
+        result["html_artifact"] = log_compare_html(result, page)
+    except Exception as exc:  # telemetry: the comparison itself is done
+        _say(f"could not log the HTML report on run {run_b}: {type(exc).__name__}: {exc}")
+        result["html_artifact"] = None
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+        return
+    _print_comparison(result)
+
+
+def _print_comparison(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    a, b, counts = result["runs"]["a"], result["runs"]["b"], result["counts"]
+    table = Table(title=f"{a['run_name']} (A) → {b['run_name']} (B), {counts['paired']} examples paired by input")
+    for column in ("", "A", "B", "Δ", f"{result['level']:.0%} interval", "wins", "losses", "ties"):
+        table.add_column(column, justify="left" if not column else "right")
+
+    def num(v: float | None, signed: bool = False) -> str:
+        return "–" if v is None else f"{v:+.3f}" if signed else f"{v:.3f}"
+
+    rows = [("pipeline", {**result["overall"], **{k: counts[k] for k in ("win", "loss", "tie")}}),
+            *((f"  node {n}", d) for n, d in result["nodes"].items())]
+    for label, d in rows:
+        interval = "–" if d["low"] is None else f"[{d['low']:+.3f}, {d['high']:+.3f}]"
+        table.add_row(label, num(d["a"]), num(d["b"]), num(d["delta"], True), interval,
+                      str(d.get("win", "")), str(d.get("loss", "")), str(d.get("tie", "")))
+    console.print(table)
+    for node, diff in result["prompts"].items():
+        changed = "changed" if diff["instructions"]["changed"] else "unchanged"
+        demos = diff["demos"]
+        console.print(f"node {node}: instructions {changed}; demos {demos['a']} → {demos['b']} "
+                      f"(+{len(demos['added'])} −{len(demos['removed'])})")
+        for line in diff["instructions"]["diff"][2:]:
+            console.print(f"    {line}", markup=False)
+    losses = [e for e in result["examples"] if e["outcome"] == "loss"]
+    for example in losses[:10]:
+        console.print(f"[red]regression[/red] {json.dumps(example['inputs'], ensure_ascii=False)[:100]}: "
+                      f"{num(example['a']['score'])} → {num(example['b']['score'])}")
+    if len(losses) > 10:
+        console.print(f"… and {len(losses) - 10} more regressions (--json or --html for all)")
+    if result.get("html_artifact"):
+        console.print(f"HTML report logged on run {b['run_id']}: {result['html_artifact']}")
 
 
 @cli.command()
@@ -407,10 +579,6 @@ def bench(name: str, as_json: bool) -> None:
     result = _run(lambda: run_benchmark(name))
     table = result.pop("table")
     click.echo(json.dumps({"benchmark": name, **result}, ensure_ascii=False, default=str) if as_json else table)
-
-
-cli.add_command(review_cmd)  # pipec review (experiments/review_cli.py)
-cli.add_command(judge_group)  # pipec judge align
 
 
 _STORE_HELP = "The flywheel store (DuckDB file). Default: $PIPEC_STORE, else $PIPEC_HOME/store.duckdb."

@@ -24,11 +24,14 @@ import dspy
 
 from experiments.alignment import judge_alignment_metrics
 from experiments.candidates import candidate_runs
+from experiments.cost import log_cost, run_capped, takes_max_cost, track_cost
 from experiments.datasets import Dataset, load_dataset, split_dataset
 from experiments.evaluate import EvalReport, evaluate_program, lm_usage
 from experiments.lm import LMConfig, make_lm, raise_config_errors
+from experiments.mlflow_native import log_datasets, log_program_model, log_traces, register_prompts
 from experiments.preflight import lms_in, preflight
 from experiments.program_meta import program_meta, stamp_program
+from experiments.repeats import repeat_lm, repeat_metrics, repeat_summary, resampling
 from experiments.reports import log_node_reports
 from experiments.resume import recorded_options
 from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, code_version, tracking_uri
@@ -36,7 +39,7 @@ from metrics.pipeline_metric import PipelineMetric
 from optimizers.params import parse_params
 from optimizers.registry import prepare_optimizer, spec_for
 from programs.builtin import BUILTINS, builtin_dataset
-from programs.errors import DatasetError
+from programs.errors import ConfigError, DatasetError
 from programs.loader import make_pipeline
 from programs.pipeline import Pipeline
 
@@ -64,6 +67,11 @@ class CompileOptions:
     cache: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
     judge_lm: str | LMConfig | None = None  # the writers' LLM judges; the task LM if None
+    repeats: int = 1  # the final evaluation runs this many times, cache bypassed (experiments.repeats)
+    max_cost: float | None = None  # US dollars the optimizer may spend (experiments.cost.run_capped)
+    mlflow_records: bool = True  # datasets, registered prompts, traces (experiments.mlflow_native)
+    mlflow_model: bool = True  # the compiled program as an mlflow.dspy model
+    prompt_lm: str | LMConfig | None = None  # the LM that writes prompts (textual optimizers); the task LM if None
     store: str | None = None  # the flywheel store a store: trainset reads; $PIPEC_STORE or $PIPEC_HOME if None
     preflight: bool = True  # every remote LM answers one tiny request before the run (experiments.preflight)
 
@@ -98,11 +106,15 @@ def _results_jsonl(report: EvalReport, examples: Sequence[dspy.Example]) -> str:
     for r in report.results:
         example = examples[r.index]
         outputs = dict(r.prediction.items()) if r.prediction is not None else None
+        calls = r.trace.calls if r.trace is not None else []
         lines.append(json.dumps({
             "example": r.index, "inputs": dict(example.inputs().items()), "outputs": outputs,
-            "score": r.score, "error": r.error,
-            "nodes": {n: {"score": v.score, "passed": v.passed, "feedback": v.feedback}
+            "score": r.score if r.counted else None, "error": r.error, "lm_error": r.lm_error,
+            "nodes": {n: {"score": v.score if v.counted else None, "passed": v.passed, "feedback": v.feedback,
+                          "output": r.node_output(n)}
                       for n, v in r.verdicts.items()},
+            "calls": [{"node": c.node, "output": c.output, "seconds": round(c.seconds, 4), "lm_calls": c.lm_calls,
+                       "error": c.error} for c in calls],
         }, ensure_ascii=False, default=str))
     return "\n".join(lines) + "\n"
 
@@ -138,7 +150,13 @@ class _Plan:
     prepared: Any
     threads: int
     out: Path
+    native_max_cost: bool = False  # the optimizer takes max_cost itself (its budget stops it with its best)
     lms: list = field(default_factory=list)  # (flag, LM) for every LM the compile uses: preflight, config errors
+
+
+def _short_name(spec: str) -> str:
+    """The pipeline's short name: ``triage``, or ``mypipeline`` for ``path/to/file.py:MyPipeline``."""
+    return Path(spec.split(":")[-1]).stem.lower()
 
 
 def _plan(opts: CompileOptions) -> _Plan:
@@ -158,16 +176,27 @@ def _plan(opts: CompileOptions) -> _Plan:
     lm = opts.lm if isinstance(opts.lm, LMConfig) else make_lm(opts.lm, api_base=opts.api_base, cache=opts.cache)
     threads = opts.threads or (1 if lm.engine is not None else 8)
     params = parse_params(opts.params)
+    native_max_cost = opts.max_cost is not None and takes_max_cost(opts.optimizer)
+    if opts.max_cost is not None and opts.max_cost < 0:
+        raise ConfigError(f"--max-cost {opts.max_cost}: expected dollars >= 0")
+    if native_max_cost:
+        params.setdefault("max_cost", opts.max_cost)
     judge = opts.judge_lm
     if isinstance(judge, str):
         judge = make_lm(judge, api_base=opts.api_base, cache=opts.cache, flag="--judge-lm")
     metric = PipelineMetric(pipeline, feedback=spec_for(opts.optimizer).feedback, judge_lm=judge)
-    prepared = prepare_optimizer(opts.optimizer, metric, params, seed=opts.seed, lm=lm.lm, threads=threads)
+    prompt_lm = opts.prompt_lm
+    if isinstance(prompt_lm, str):
+        prompt_lm = make_lm(prompt_lm, api_base=opts.api_base, cache=opts.cache, flag="--prompt-lm")
+    prepared = prepare_optimizer(opts.optimizer, metric, params, seed=opts.seed, lm=lm.lm, threads=threads,
+                                 prompt_lm=prompt_lm)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = Path(opts.pipeline.split(":")[-1]).stem.lower()
     out = Path(opts.out) if opts.out else Path("compiled") / f"{name}-{opts.optimizer}-{stamp}.json"
-    lms = lms_in(("--lm", lm), ("--judge-lm", judge), ("--optimizer", prepared.teleprompter))
-    return _Plan(pipeline, trainset, train, val, val_source, valset, lm, metric, prepared, threads, out, lms)
+    lms = lms_in(("--lm", lm), ("--judge-lm", judge), ("--prompt-lm", prompt_lm),
+                 ("--optimizer", prepared.teleprompter))
+    return _Plan(pipeline, trainset, train, val, val_source, valset, lm, metric, prepared, threads, out,
+                 native_max_cost, lms)
 
 
 def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
@@ -180,6 +209,8 @@ def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
         "lm": plan.lm.settings,
         "judge_lm": (opts.judge_lm.settings.get("model") if isinstance(opts.judge_lm, LMConfig)
                      else opts.judge_lm or "(the task LM)"),
+        "prompt_lm": (opts.prompt_lm.settings.get("model") if isinstance(opts.prompt_lm, LMConfig)
+                      else opts.prompt_lm or "(the task LM)"),
         "seed": opts.seed,
         "threads": plan.threads,
         "trainset": {"path": plan.trainset.path, "size": len(plan.train), "file_size": len(plan.trainset),
@@ -230,30 +261,64 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
     with tracker.start(), dspy.context(lm=plan.lm.lm, adapter=plan.lm.adapter), \
             raise_config_errors(*(lm for _, lm in plan.lms)):
         tracker.params(_params(opts, plan))
+        tracker.metrics(judge_alignment_metrics(plan.metric, opts.store))  # the judges vs people, from the store
         if checked is not None:
             tracker.metrics({"preflight.seconds": checked.seconds})
-        tracker.metrics(judge_alignment_metrics(plan.metric, opts.store))  # the judges vs people, from the store
+        if opts.mlflow_records:
+            log_datasets(tracker, _short_name(opts.pipeline), plan.train, plan.val, plan.trainset.path,
+                         plan.valset.path if plan.valset is not None else plan.trainset.path)
         say(f"Baseline: evaluating {len(plan.val)} examples on {plan.lm.settings['model']}.")
-        baseline = _evaluate(tracker, "baseline", plan.pipeline, plan, opts)
+        with track_cost() as baseline_cost:
+            baseline = _evaluate(tracker, "baseline", plan.pipeline, plan, opts)
         say(f"Compiling with {opts.optimizer} on {len(plan.train)} examples.")
         compile_kwargs = dict(plan.prepared.compile_kwargs)
         if plan.prepared.uses_valset:
             compile_kwargs["valset"] = plan.val
         compile_start = time.perf_counter()
-        with lm_usage() as usage, candidate_runs(tracker):
-            compiled = plan.prepared.teleprompter.compile(plan.pipeline.deepcopy(), trainset=plan.train,
-                                                          **compile_kwargs)
+        with track_cost() as compile_cost, lm_usage() as usage, candidate_runs(tracker):
+            compiled, stopped = run_capped(
+                lambda: plan.prepared.teleprompter.compile(plan.pipeline.deepcopy(), trainset=plan.train,
+                                                           **compile_kwargs),
+                None if plan.native_max_cost else opts.max_cost, keep=plan.pipeline.deepcopy)
+        if stopped:
+            say(f"Stopped the optimizer: {stopped}.")
+            tracker.params({"optimizer.stopped": stopped})
         tracker.metrics({"compile.lm_calls": usage.calls, "compile.tokens": usage.tokens,
                          "compile.seconds": time.perf_counter() - compile_start})
         chosen = getattr(plan.prepared.teleprompter, "chosen", None)
         if chosen:  # what a tuning optimizer settled on (knn's k, embedding, order), beside its settings
             tracker.params({"optimizer.chosen": chosen})
-        say(f"Compiled: evaluating {len(plan.val)} examples.")
-        result = _evaluate(tracker, "compiled", compiled, plan, opts)
+        # The best score so far after each candidate (pipec's textual optimizers): a stepped metric
+        # whose chart in the MLflow UI is the search's trajectory.
+        for step, best in getattr(plan.prepared.teleprompter, "trajectory", None) or []:
+            tracker.metrics({"best_score": best}, step=step)
+        # Written by the tracker's thread while the final evaluation keeps the LM busy.
+        if opts.mlflow_records:
+            register_prompts(tracker, _short_name(opts.pipeline), compiled)
+        if opts.mlflow_model:
+            log_program_model(tracker, compiled, meta=program_meta(opts.pipeline, plan.pipeline))
+        say(f"Compiled: evaluating {len(plan.val)} examples"
+            + (f", {opts.repeats} times." if opts.repeats > 1 else "."))
+        repeats = None
+        with track_cost() as compiled_cost:
+            if opts.repeats > 1:  # every repeat asks the LM again: the cache is bypassed
+                with dspy.context(lm=repeat_lm(plan.lm.lm)):
+                    result = _evaluate(tracker, "compiled", compiled, plan, opts)
+                    reports = [result] + [evaluate_program(compiled, plan.val, plan.metric, threads=plan.threads,
+                                                           progress=opts.progress) for _ in range(opts.repeats - 1)]
+                    repeats = {**repeat_summary(reports, plan.val), "resampling": resampling(repeat_lm(plan.lm.lm))}
+                tracker.params({"repeats": opts.repeats, "resampling": repeats["resampling"]})
+                tracker.metrics(repeat_metrics("compiled", repeats))
+                tracker.text(json.dumps(repeats, ensure_ascii=False, indent=1), "evaluation/compiled_repeats.json")
+            else:
+                result = _evaluate(tracker, "compiled", compiled, plan, opts)
         program_path = _save_program(compiled, plan.out, program_meta(opts.pipeline, plan.pipeline))
         tracker.file(program_path, "program")
         for node, text in render_prompts(compiled, plan.lm.adapter).items():
             tracker.text(text, f"prompts/{node}.txt")
+        cost = log_cost(tracker, {"baseline": baseline_cost, "compile": compile_cost, "compiled": compiled_cost})
+        if opts.mlflow_records:
+            log_traces(tracker, _short_name(opts.pipeline), "compiled", result, plan.val)
         total = baseline.usage.calls + usage.calls + result.usage.calls
         tracker.metrics({"lm_calls": total, "tokens": baseline.usage.tokens + usage.tokens + result.usage.tokens,
                          "seconds": time.perf_counter() - started})
@@ -271,5 +336,7 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
         "compiled": result.summary(),
         "compile": {"lm_calls": usage.calls, "tokens": usage.tokens},
         "program_path": str(program_path),
+        "cost": cost,
         "seconds": time.perf_counter() - started,
+        **({"repeats": repeats} if repeats is not None else {}),
     }

@@ -9,6 +9,7 @@ before an MLflow run exists.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,12 +19,14 @@ from typing import Any
 
 import dspy
 
+from experiments.compile import _results_jsonl as results_jsonl  # the per-example artifact, one format
 from experiments.compile import versions
 from experiments.datasets import Dataset, load_dataset
 from experiments.evaluate import evaluate_program
 from experiments.lm import LMConfig, make_lm, raise_config_errors
 from experiments.preflight import lms_in, preflight
 from experiments.program_meta import read_program_meta
+from experiments.repeats import repeat_lm, repeat_metrics, repeat_summary, resampling
 from experiments.reports import log_node_reports
 from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, code_version, tracking_uri
 from metrics.pipeline_metric import PipelineMetric
@@ -52,6 +55,8 @@ class EvaluateOptions:
     progress: bool = True
     cache: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
+    repeats: int = 1  # evaluate this many times, cache bypassed (see experiments.repeats)
+    temperature: float | None = None  # the task LM's sampling temperature; None: its default
     preflight: bool = True  # every remote LM answers one tiny request before the run (experiments.preflight)
 
 
@@ -102,10 +107,16 @@ def _plan(opts: EvaluateOptions) -> _Plan:
             raise DatasetError("--devset is required for a pipeline that is not built in")
         devset_path = str(builtin_dataset(spec))
     devset = load_dataset(devset_path, pipeline)
-    lm = opts.lm if isinstance(opts.lm, LMConfig) else make_lm(opts.lm, api_base=opts.api_base, cache=opts.cache)
+    if opts.repeats < 1:
+        raise ConfigError(f"--repeats {opts.repeats}: expected 1 or more")
+    if opts.temperature is not None and opts.temperature < 0:
+        raise ConfigError(f"--temperature {opts.temperature}: expected 0 or more")
+    cache = opts.cache and opts.repeats == 1  # repeats must ask the LM again, not its cache
+    lm = opts.lm if isinstance(opts.lm, LMConfig) else make_lm(opts.lm, api_base=opts.api_base, cache=cache,
+                                                               temperature=opts.temperature)
     judge = opts.judge_lm
     if isinstance(judge, str):
-        judge = make_lm(judge, api_base=opts.api_base, cache=opts.cache, flag="--judge-lm")
+        judge = make_lm(judge, api_base=opts.api_base, cache=cache, flag="--judge-lm")
     metric = PipelineMetric(pipeline, judge_lm=judge)
     threads = opts.threads or (1 if lm.engine is not None else 8)
     return _Plan(spec, program_path, pipeline, devset, lm, judge, metric, threads)
@@ -123,6 +134,7 @@ def _params(opts: EvaluateOptions, plan: _Plan) -> dict[str, Any]:
         "threads": plan.threads,
         "devset": {"path": plan.devset.path, "size": len(plan.devset), "sha256": plan.devset.digest},
         "version": versions(),
+        "repeats": opts.repeats,
     }
     params.update(code_version())
     return params
@@ -157,8 +169,25 @@ def evaluate_pipeline(opts: EvaluateOptions, say: Callable[[str], None] = logger
         if checked is not None:
             tracker.metrics({"preflight.seconds": checked.seconds})
         examples = list(plan.devset.examples)
-        report = evaluate_program(plan.pipeline, examples, plan.metric, threads=plan.threads,
-                                  progress=opts.progress)
+        repeats = None
+        if opts.repeats > 1:
+            task_lm = repeat_lm(plan.lm.lm, opts.temperature)
+            how = resampling(task_lm, judge_cached=_judge_cached(plan.judge))
+            tracker.params({"resampling": how})
+            say(f"Repeats: {opts.repeats} ({how['note']}).")
+            reports = []
+            with dspy.context(lm=task_lm):
+                for _ in range(opts.repeats):
+                    reports.append(evaluate_program(plan.pipeline, examples, plan.metric, threads=plan.threads,
+                                                    progress=opts.progress))
+            report = reports[0]
+            repeats = {**repeat_summary(reports, examples), "resampling": how}
+            tracker.metrics(repeat_metrics("evaluate", repeats))
+            tracker.text(json.dumps(repeats, ensure_ascii=False, indent=1), "evaluation/evaluate_repeats.json")
+        else:
+            report = evaluate_program(plan.pipeline, examples, plan.metric, threads=plan.threads,
+                                      progress=opts.progress)
+        tracker.text(results_jsonl(report, examples), "evaluation/evaluate.jsonl")
         summary = report.summary()
         tracker.metrics(report.metrics("evaluate"))
         nodes = log_node_reports(tracker, "evaluate", plan.pipeline, report, examples)
@@ -181,7 +210,13 @@ def evaluate_pipeline(opts: EvaluateOptions, say: Callable[[str], None] = logger
         "lm_calls": summary["lm_calls"],
         "tokens": summary["tokens"],
         "seconds": time.perf_counter() - started,
+        **({"repeats": repeats} if repeats is not None else {}),
     }
+
+
+def _judge_cached(judge: LMConfig | None) -> bool | None:
+    """Whether a separate judge LM answers from DSPy's cache (None: the task LM judges)."""
+    return None if judge is None else bool(getattr(judge.lm, "cache", False))
 
 
 def evaluation_table(result: dict[str, Any]) -> list[Any]:
