@@ -110,13 +110,43 @@ def is_lm_failure(exc: BaseException) -> bool:
 
 
 def _names(program: dspy.Module) -> dict[int, str]:
-    """``{id(predictor): name}``; each predictor also keeps its name, so a copy of the program
-    (optimizers run candidates that are deep copies) still maps its calls to the right node."""
-    names = {}
-    for name, predictor in program.named_predictors():
-        names[id(predictor)] = name
-        if getattr(predictor, _NAME, None) != name:
-            setattr(predictor, _NAME, name)
+    """``{id(predictor): name}``, the names ``named_predictors()`` gives; each predictor also keeps
+    its name, so a copy of the program (optimizers run candidates that are deep copies) still
+    maps its calls to the right node.
+
+    The walk is ``named_parameters()``'s, minus what cannot hold a predictor: a module's call
+    ``history`` (DSPy keeps up to 10,000 entries per module, and walking them cost milliseconds
+    per call in a long-running recorder) and lists of plain values.
+    """
+    from dspy.predict.parameter import Parameter
+
+    names: dict[int, str] = {}
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, Parameter):
+            if isinstance(value, dspy.Predict) and id(value) not in names:
+                names[id(value)] = name
+                if getattr(value, _NAME, None) != name:
+                    setattr(value, _NAME, name)
+        elif isinstance(value, dspy.Module):
+            if not getattr(value, "_compiled", False):
+                walk(value, f"{name}.")
+        elif isinstance(value, list | tuple):
+            if value and isinstance(value[0], Parameter | dspy.Module):
+                for index, item in enumerate(value):
+                    add(f"{name}[{index}]", item)
+        elif isinstance(value, dict) and value and isinstance(next(iter(value.values())), Parameter | dspy.Module):
+            for key, item in value.items():
+                add(f"{name}['{key}']", item)
+
+    def walk(module: Any, prefix: str) -> None:
+        for name, value in vars(module).items():
+            if name != "history":
+                add(f"{prefix}{name}", value)
+
+    if isinstance(program, Parameter):
+        add("self", program)
+    walk(program, "")
     return names
 
 

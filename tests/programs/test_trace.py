@@ -45,3 +45,17 @@ def test_retrieved_demos_are_recorded_per_call():
         pipeline(message="where is my parcel")
     assert calls[0].demos == [{"message": "my parcel is late", "category": "shipping"}]
     assert calls[1].demos == []
+
+
+def test_node_names_are_named_predictors_names_and_skip_the_call_history():
+    from programs.trace import _names
+
+    class Nested(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Triage()
+            self.steps = [Triage().classify, Triage().reply]
+
+    program = Nested()
+    program.history = [{"messages": i} for i in range(50_000)]  # never walked
+    assert sorted(_names(program).values()) == sorted(name for name, _ in program.named_predictors())
