@@ -39,9 +39,30 @@ SQL_KEYWORDS = (
 
 
 def _alternatives(words: Iterable[str]) -> str:
-    # Longest first: the converter emits an ordered choice, and a prefix must not shadow a word.
-    unique = sorted(set(words), key=lambda w: (-len(w), w))
-    return "(" + "|".join(re.escape(w) for w in unique) + ")"
+    """The words as a prefix tree: ``(S(ELECT|UM)|C(OUNT|ITY))``.
+
+    llama.cpp checks every vocabulary token against every open alternative of the grammar at
+    each step; a flat list of a few hundred words keeps a few hundred alternatives open after
+    every token (measured: tens of seconds a query on the 135M model), a prefix tree only the
+    branches that share what was written so far.
+    """
+    trie: dict[str, Any] = {}
+    for word in set(words):
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # end of a word
+
+    def emit(node: dict[str, Any]) -> str:
+        branches = [re.escape(char) + emit(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(" + "|".join(branches) + ")"
+        if "" in node:  # a word ends here and longer ones go on
+            return f"({body})?" if len(branches) == 1 else f"{body}?"
+        return body
+
+    return "(" + emit(trie) + ")"
 
 
 def sql_pattern(schema: Mapping[str, Sequence[Any]], *, lowercase_literals: bool = False) -> str:
