@@ -34,7 +34,9 @@ def cjk_font_path() -> str | None:
     """
     from matplotlib import font_manager
 
-    by_name = {font.name: font.fname for font in font_manager.fontManager.ttflist}
+    by_name: dict[str, str] = {}
+    for font in sorted(font_manager.fontManager.ttflist, key=lambda f: f.weight not in (400, "normal", "regular")):
+        by_name.setdefault(font.name, font.fname)  # the regular weight of each family first
     for family in _CJK_FAMILIES:
         if family in by_name:
             return by_name[family]
