@@ -74,7 +74,8 @@ class CandidateRuns(BaseCallback):
     """A DSPy callback: every ``dspy.Evaluate`` call becomes a child run of ``tracker``'s run.
 
     Evaluations whose ``callback_metadata`` asks for ``disable_logging`` (GEPA's minibatches) are
-    skipped; a ``metric_key`` (MIPROv2's ``eval_full``/``eval_minibatch``) names the run and the
+    skipped; ``pipec.*`` keys (pipec's textual optimizers: candidate, parent, step, origin, node)
+    become the child run's tags; a ``metric_key`` (MIPROv2's ``eval_full``/``eval_minibatch``) names the run and the
     metric. The parent run gets the metric too, one step per evaluation (:meth:`log_parent_metrics`).
     """
 
@@ -85,6 +86,7 @@ class CandidateRuns(BaseCallback):
         self._steps: defaultdict[str, int] = defaultdict(int)
         self._open: dict[str, tuple[str, int, dict[str, Any], int]] = {}
         self._parent_metrics: list[tuple[str, float, int, int]] = []
+        self._labels: dict[str, dict[str, str]] = {}  # call id -> the optimizer's pipec.* metadata, as tags
         self._process = process_tags()  # the child runs name their process too (experiments.liveness)
 
     def log_parent_metrics(self) -> None:
@@ -108,10 +110,13 @@ class CandidateRuns(BaseCallback):
             step = self._steps[key]
             self._steps[key] += 1
             self._open[call_id] = (key, step, state, int(time.time() * 1000))
+            # An optimizer may say which candidate this is (pipec.candidate, pipec.parent, pipec.step, ...).
+            self._labels[call_id] = {str(k): str(v) for k, v in metadata.items() if str(k).startswith("pipec.")}
 
     def on_evaluate_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         with self._lock:
             opened = self._open.pop(call_id, None)
+            labels = self._labels.pop(call_id, {})
         if opened is None:
             return
         key, step, state, started = opened
@@ -126,7 +131,7 @@ class CandidateRuns(BaseCallback):
 
             # Three store operations per candidate (each a commit, an fsync with sqlite; the
             # artifacts are files): the table's UI tag goes in with the run, its file as plain JSON.
-            tags = {MLFLOW_PARENT_RUN_ID: parent_id, "pipec.kind": "candidate", **process}
+            tags = {**labels, MLFLOW_PARENT_RUN_ID: parent_id, "pipec.kind": "candidate", **process}
             if table is not None:
                 tags["mlflow.loggedArtifacts"] = json.dumps([{"path": "result_table.json", "type": "table"}])
             run = client.create_run(experiment_id, start_time=started, run_name=f"{key}_{step}", tags=tags)
