@@ -105,8 +105,6 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                       "schema_linking, grammar, repair, samples",
                       defaults={"max_lm_calls": 300, "num_threads": "{threads}", "seed": "{seed}"},
                       uses_valset=True),
-    )
-}
         OptimizerSpec("protegi", _own("optimizers.protegi", "ProTeGi"),
                       "ProTeGi: failures on a minibatch -> the LM's reasons (textual gradient) -> edited and "
                       "paraphrased prompts, beam search with bandit selection; budget max_lm_calls=150",
@@ -137,6 +135,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                       "budget max_lm_calls=80",
                       defaults={"num_threads": "{threads}", "seed": "{seed}", "max_lm_calls": 80, "val_size": 6},
                       uses_valset=True),
+    )
+}
 
 
 @dataclass
@@ -157,18 +157,6 @@ def _fill(value: Any, context: Mapping[str, Any]) -> Any:
     return value
 
 
-def spec_for(name: str) -> OptimizerSpec:
-    """The spec of optimizer ``name``; a ConfigError listing the choices when there is none.
-
-    ``a,b`` names a sequence: its spec needs feedback or a valset when one of its steps does.
-    """
-    if "," in name:
-        specs = [spec_for(part) for part in _parts(name)]
-        if len(specs) < 2:
-            raise ConfigError(f"--optimizer {name!r}: a sequence names two or more optimizers, e.g. protegi,knn")
-        return OptimizerSpec(",".join(s.name for s in specs), lambda: OptimizerSequence,
-                             " then ".join(s.name for s in specs), feedback=any(s.feedback for s in specs),
-                             uses_valset=any(s.uses_valset for s in specs))
 class OptimizerSequence(Teleprompter):
     """Optimizers run one after the other (``--optimizer protegi,knn``): each compiles the
     previous one's program, so instructions found first are kept by the demos chosen next.
@@ -207,6 +195,18 @@ def _parts(name: str) -> list[str]:
     return [part.strip() for part in name.split(",") if part.strip()]
 
 
+def spec_for(name: str) -> OptimizerSpec:
+    """The spec of optimizer ``name``; a ConfigError listing the choices when there is none.
+
+    ``a,b`` names a sequence: its spec needs feedback or a valset when one of its steps does.
+    """
+    if "," in name:
+        specs = [spec_for(part) for part in _parts(name)]
+        if len(specs) < 2:
+            raise ConfigError(f"--optimizer {name!r}: a sequence names two or more optimizers, e.g. protegi,knn")
+        return OptimizerSpec(",".join(s.name for s in specs), lambda: OptimizerSequence,
+                             " then ".join(s.name for s in specs), feedback=any(s.feedback for s in specs),
+                             uses_valset=any(s.uses_valset for s in specs))
     if name not in OPTIMIZERS:
         close = difflib.get_close_matches(name, OPTIMIZERS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -214,8 +214,6 @@ def _parts(name: str) -> list[str]:
     return OPTIMIZERS[name]
 
 
-def prepare_optimizer(name: str, metric: Callable[..., Any], params: Mapping[str, Any] | None = None, *,
-                      seed: int = 0, lm: Any = None, threads: int = 1, prompt_lm: Any = None) -> PreparedOptimizer:
 def _prepare_sequence(name: str, metric: Callable[..., Any], params: Mapping[str, Any], **context: Any
                       ) -> PreparedOptimizer:
     """A Sequence: each setting goes to every step that has it; one no step has is an error."""
@@ -241,6 +239,8 @@ def _prepare_sequence(name: str, metric: Callable[..., Any], params: Mapping[str
                              any(p.feedback for p in prepared))
 
 
+def prepare_optimizer(name: str, metric: Callable[..., Any], params: Mapping[str, Any] | None = None, *,
+                      seed: int = 0, lm: Any = None, threads: int = 1, prompt_lm: Any = None) -> PreparedOptimizer:
     """Builds the optimizer ``name`` with pipec's defaults overridden by ``params``.
 
     Args:
@@ -250,19 +250,19 @@ def _prepare_sequence(name: str, metric: Callable[..., Any], params: Mapping[str
         seed: Seed for optimizers that take one.
         lm: The LM proposal/reflection steps use (the task LM by default).
         threads: Evaluation threads for optimizers that take them.
-
-    Raises:
         prompt_lm: The LM that writes prompts for pipec's textual optimizers (``{prompt_lm}``):
             a ``dspy.LM`` or an ``LMConfig``; ``lm`` when None.
 
     ``name`` may be a sequence, ``protegi,knn``: the optimizers run one after the other.
+
+    Raises:
         ConfigError: Unknown optimizer or setting, or settings the optimizer rejects.
     """
-    spec = spec_for(name)
-    reserved = sorted(set(params or {}) & set(_RESERVED))
     if "," in name:
         return _prepare_sequence(name, metric, dict(params or {}), seed=seed, lm=lm, threads=threads,
                                  prompt_lm=prompt_lm)
+    spec = spec_for(name)
+    reserved = sorted(set(params or {}) & set(_RESERVED))
     if reserved:
         raise ConfigError(f"--param {reserved[0]}: pipec passes {', '.join(_RESERVED)} itself; they cannot be set")
     cls = spec.load()
