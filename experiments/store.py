@@ -563,10 +563,9 @@ class Store:
             "seconds": (num, [float(getattr(t, "seconds", 0.0) or 0.0) for t in traces]),
             "created_at": (ts, created),
         }
-        # One attrgetter per call, transposed into columns by zip: building the columns is the
-        # append's main cost; DuckDB inserts a batch in a few microseconds a row.
-        attrs = list(zip(*map(_CALL_ATTRS, calls), strict=True)) if calls else [()] * len(_CALL_FIELDS)
-        got = dict(zip(_CALL_FIELDS, attrs, strict=True))
+        # Column by column (one C-level map each): no per-row container outlives its line, so the
+        # append itself does not set off a full garbage collection.
+        got = {name: list(map(attrgetter(name), calls)) for name in _CALL_FIELDS}
         c_cols = {
             "call_id": (text, [f"{tid}/{p}" for tid, p in zip(call_trace_ids, got["position"], strict=True)]),
             "trace_id": (text, call_trace_ids),
@@ -735,7 +734,6 @@ class Store:
 
 _CALL_FIELDS = ("node", "kind", "position", "inputs", "outputs", "output_field", "error", "seconds", "lm_calls",
                 "prompt_tokens", "completion_tokens", "demos", "lm_error")  # programs.trace.NodeCall
-_CALL_ATTRS = attrgetter(*_CALL_FIELDS)
 _TRACE_COLUMNS = ("trace_id", "pipeline", "program", "program_version", "mlflow_run_id", "source", "inputs",
                   "outputs", "error", "error_kind", "seconds", "created_at")
 _CALL_COLUMNS = ("call_id", "trace_id", "node", "kind", "position", "inputs", "outputs", "output_field", "error",
