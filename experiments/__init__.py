@@ -10,8 +10,8 @@ from experiments.lm import LMConfig, PipecLM, make_lm
 from experiments.lm_errors import translate_lm_error
 from experiments.preflight import preflight
 from experiments.recording import Recorder
-from experiments.review import QueueFilters, ReviewInput, queue, save_review
 from experiments.resume import resume_options
+from experiments.review import QueueFilters, ReviewInput, queue, save_review
 from experiments.runner import Trace, program_version, run_traced
 from experiments.runs import list_runs
 from experiments.store import Store, StoreFilter, export_rows

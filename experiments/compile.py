@@ -7,16 +7,13 @@ ends FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +23,15 @@ from experiments.alignment import judge_alignment_metrics
 from experiments.candidates import candidate_runs
 from experiments.cost import log_cost, run_capped, takes_max_cost, track_cost
 from experiments.datasets import Dataset, load_dataset, split_dataset
-from experiments.evaluate import EvalReport, evaluate_program, lm_usage
+from experiments.evaluate import lm_usage
 from experiments.lm import LMConfig, make_lm, raise_config_errors
 from experiments.mlflow_native import log_datasets, log_program_model, log_traces, register_prompts
 from experiments.preflight import lms_in, preflight
 from experiments.program_meta import program_meta, stamp_program
-from experiments.repeats import repeat_lm, repeat_metrics, repeat_summary, resampling
-from experiments.reports import log_node_reports
+from experiments.repeats import repeat_lm, resampling
 from experiments.resume import recorded_options
-from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, code_version, tracking_uri
+from experiments.stage import Stage, pipeline_params, run_stage, versions
+from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, tracking_uri
 from metrics.pipeline_metric import PipelineMetric
 from optimizers.params import parse_params
 from optimizers.registry import prepare_optimizer, spec_for
@@ -76,17 +73,6 @@ class CompileOptions:
     preflight: bool = True  # every remote LM answers one tiny request before the run (experiments.preflight)
 
 
-def versions() -> dict[str, str]:
-    """Versions of pipec and what it runs on."""
-    found = {"python": platform.python_version()}
-    for dist in ("pipec", "dspy", "mlflow", "duckdb", "llama-cpp-python", "litellm"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
 def render_prompts(program: Pipeline, adapter: Any) -> dict[str, str]:
     """Each node's prompt as the LM sees it: instructions, demos, and ``{field}`` placeholders."""
     prompts = {}
@@ -99,24 +85,6 @@ def render_prompts(program: Pipeline, adapter: Any) -> dict[str, str]:
             continue
         prompts[name] = "\n\n".join(f"=== {m['role']} ===\n{m['content']}" for m in messages)
     return prompts
-
-
-def _results_jsonl(report: EvalReport, examples: Sequence[dspy.Example]) -> str:
-    lines = []
-    for r in report.results:
-        example = examples[r.index]
-        outputs = dict(r.prediction.items()) if r.prediction is not None else None
-        calls = r.trace.calls if r.trace is not None else []
-        lines.append(json.dumps({
-            "example": r.index, "inputs": dict(example.inputs().items()), "outputs": outputs,
-            "score": r.score if r.counted else None, "error": r.error, "lm_error": r.lm_error,
-            "nodes": {n: {"score": v.score if v.counted else None, "passed": v.passed, "feedback": v.feedback,
-                          "output": r.node_output(n)}
-                      for n, v in r.verdicts.items()},
-            "calls": [{"node": c.node, "output": c.output, "seconds": round(c.seconds, 4), "lm_calls": c.lm_calls,
-                       "error": c.error} for c in calls],
-        }, ensure_ascii=False, default=str))
-    return "\n".join(lines) + "\n"
 
 
 def _save_program(program: dspy.Module, out: Path, meta: dict[str, str] | None = None) -> Path:
@@ -201,22 +169,17 @@ def _plan(opts: CompileOptions) -> _Plan:
 
 def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "pipeline": opts.pipeline,
-        "pipeline.class": f"{type(plan.pipeline).__module__}.{type(plan.pipeline).__qualname__}",
-        "pipeline.nodes": {n: node.kind for n, node in plan.pipeline.nodes().items()},
+        **pipeline_params(opts.pipeline, plan.pipeline, plan.lm.settings, plan.threads),
         "optimizer": opts.optimizer,
         "optimizer.settings": plan.prepared.settings,
-        "lm": plan.lm.settings,
         "judge_lm": (opts.judge_lm.settings.get("model") if isinstance(opts.judge_lm, LMConfig)
                      else opts.judge_lm or "(the task LM)"),
         "prompt_lm": (opts.prompt_lm.settings.get("model") if isinstance(opts.prompt_lm, LMConfig)
                       else opts.prompt_lm or "(the task LM)"),
         "seed": opts.seed,
-        "threads": plan.threads,
         "trainset": {"path": plan.trainset.path, "size": len(plan.train), "file_size": len(plan.trainset),
                      "sha256": plan.trainset.digest},
         "valset": {"source": plan.val_source, "size": len(plan.val)},
-        "version": versions(),
         "options": recorded_options(opts),  # what `pipec compile --resume RUN_ID` re-runs
     }
     if plan.valset is not None:
@@ -224,18 +187,14 @@ def _params(opts: CompileOptions, plan: _Plan) -> dict[str, Any]:
     for name, dataset in (("trainset", plan.trainset), ("valset", plan.valset)):
         if dataset is not None and dataset.provenance:  # store rows: which ones, and the store's state
             params[name]["store"] = dataset.provenance
-    params.update(code_version())
-    if ":" in opts.pipeline:
-        params.update({f"pipeline_file.{k}": v for k, v in code_version(opts.pipeline.rsplit(":", 1)[0]).items()})
     return params
 
 
-def _evaluate(tracker: RunTracker, stage: str, program: Pipeline, plan: _Plan, opts: CompileOptions) -> EvalReport:
-    report = evaluate_program(program, plan.val, plan.metric, threads=plan.threads, progress=opts.progress)
-    tracker.metrics(report.metrics(stage))
-    tracker.text(_results_jsonl(report, plan.val), f"evaluation/{stage}.jsonl")
-    log_node_reports(tracker, stage, plan.pipeline, report, plan.val)
-    return report
+def _evaluate(tracker: RunTracker, stage: str, program: Pipeline, plan: _Plan, opts: CompileOptions,
+              repeats: int = 1) -> Stage:
+    return run_stage(tracker, stage, program, plan.pipeline, plan.val, plan.metric, threads=plan.threads,
+                     progress=opts.progress, repeats=repeats, repeat_lm=repeat_lm(plan.lm.lm) if repeats > 1 else None,
+                     pipeline_name=opts.pipeline)
 
 
 def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.info) -> dict[str, Any]:
@@ -269,7 +228,7 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
                          plan.valset.path if plan.valset is not None else plan.trainset.path)
         say(f"Baseline: evaluating {len(plan.val)} examples on {plan.lm.settings['model']}.")
         with track_cost() as baseline_cost:
-            baseline = _evaluate(tracker, "baseline", plan.pipeline, plan, opts)
+            baseline = _evaluate(tracker, "baseline", plan.pipeline, plan, opts).report
         say(f"Compiling with {opts.optimizer} on {len(plan.train)} examples.")
         compile_kwargs = dict(plan.prepared.compile_kwargs)
         if plan.prepared.uses_valset:
@@ -299,19 +258,12 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
             log_program_model(tracker, compiled, meta=program_meta(opts.pipeline, plan.pipeline))
         say(f"Compiled: evaluating {len(plan.val)} examples"
             + (f", {opts.repeats} times." if opts.repeats > 1 else "."))
-        repeats = None
         with track_cost() as compiled_cost:
-            if opts.repeats > 1:  # every repeat asks the LM again: the cache is bypassed
-                with dspy.context(lm=repeat_lm(plan.lm.lm)):
-                    result = _evaluate(tracker, "compiled", compiled, plan, opts)
-                    reports = [result] + [evaluate_program(compiled, plan.val, plan.metric, threads=plan.threads,
-                                                           progress=opts.progress) for _ in range(opts.repeats - 1)]
-                    repeats = {**repeat_summary(reports, plan.val), "resampling": resampling(repeat_lm(plan.lm.lm))}
-                tracker.params({"repeats": opts.repeats, "resampling": repeats["resampling"]})
-                tracker.metrics(repeat_metrics("compiled", repeats))
-                tracker.text(json.dumps(repeats, ensure_ascii=False, indent=1), "evaluation/compiled_repeats.json")
-            else:
-                result = _evaluate(tracker, "compiled", compiled, plan, opts)
+            final = _evaluate(tracker, "compiled", compiled, plan, opts, repeats=opts.repeats)
+        result, repeats = final.report, final.repeats
+        if repeats is not None:  # every repeat asked the LM again: the cache was bypassed
+            repeats["resampling"] = resampling(repeat_lm(plan.lm.lm))
+            tracker.params({"repeats": opts.repeats, "resampling": repeats["resampling"]})
         program_path = _save_program(compiled, plan.out, program_meta(opts.pipeline, plan.pipeline))
         tracker.file(program_path, "program")
         for node, text in render_prompts(compiled, plan.lm.adapter).items():

@@ -9,7 +9,6 @@ before an MLflow run exists.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,16 +18,13 @@ from typing import Any
 
 import dspy
 
-from experiments.compile import _results_jsonl as results_jsonl  # the per-example artifact, one format
-from experiments.compile import versions
 from experiments.datasets import Dataset, load_dataset
-from experiments.evaluate import evaluate_program
 from experiments.lm import LMConfig, make_lm, raise_config_errors
 from experiments.preflight import lms_in, preflight
 from experiments.program_meta import read_program_meta
-from experiments.repeats import repeat_lm, repeat_metrics, repeat_summary, resampling
-from experiments.reports import log_node_reports
-from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, code_version, tracking_uri
+from experiments.repeats import repeat_lm, resampling
+from experiments.stage import pipeline_params, run_stage
+from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, tracking_uri
 from metrics.pipeline_metric import PipelineMetric
 from programs.builtin import BUILTINS, builtin_dataset
 from programs.errors import ConfigError, DatasetError, PipelineError
@@ -123,21 +119,13 @@ def _plan(opts: EvaluateOptions) -> _Plan:
 
 
 def _params(opts: EvaluateOptions, plan: _Plan) -> dict[str, Any]:
-    cls = type(plan.pipeline)
-    params: dict[str, Any] = {
-        "pipeline": plan.spec,
-        "pipeline.class": f"{cls.__module__}.{cls.__qualname__}",
-        "pipeline.nodes": {n: node.kind for n, node in plan.pipeline.nodes().items()},
+    return {
+        **pipeline_params(plan.spec, plan.pipeline, plan.lm.settings, plan.threads),
         "program": str(plan.program_path) if plan.program_path else "(uncompiled)",
-        "lm": plan.lm.settings,
         "judge_lm": plan.judge.settings if plan.judge is not None else "(the task LM)",
-        "threads": plan.threads,
         "devset": {"path": plan.devset.path, "size": len(plan.devset), "sha256": plan.devset.digest},
-        "version": versions(),
         "repeats": opts.repeats,
     }
-    params.update(code_version())
-    return params
 
 
 def evaluate_pipeline(opts: EvaluateOptions, say: Callable[[str], None] = logger.info) -> dict[str, Any]:
@@ -169,28 +157,17 @@ def evaluate_pipeline(opts: EvaluateOptions, say: Callable[[str], None] = logger
         if checked is not None:
             tracker.metrics({"preflight.seconds": checked.seconds})
         examples = list(plan.devset.examples)
-        repeats = None
-        if opts.repeats > 1:
-            task_lm = repeat_lm(plan.lm.lm, opts.temperature)
+        task_lm = repeat_lm(plan.lm.lm, opts.temperature) if opts.repeats > 1 else None
+        if task_lm is not None:
             how = resampling(task_lm, judge_cached=_judge_cached(plan.judge))
             tracker.params({"resampling": how})
             say(f"Repeats: {opts.repeats} ({how['note']}).")
-            reports = []
-            with dspy.context(lm=task_lm):
-                for _ in range(opts.repeats):
-                    reports.append(evaluate_program(plan.pipeline, examples, plan.metric, threads=plan.threads,
-                                                    progress=opts.progress))
-            report = reports[0]
-            repeats = {**repeat_summary(reports, examples), "resampling": how}
-            tracker.metrics(repeat_metrics("evaluate", repeats))
-            tracker.text(json.dumps(repeats, ensure_ascii=False, indent=1), "evaluation/evaluate_repeats.json")
-        else:
-            report = evaluate_program(plan.pipeline, examples, plan.metric, threads=plan.threads,
-                                      progress=opts.progress)
-        tracker.text(results_jsonl(report, examples), "evaluation/evaluate.jsonl")
-        summary = report.summary()
-        tracker.metrics(report.metrics("evaluate"))
-        nodes = log_node_reports(tracker, "evaluate", plan.pipeline, report, examples)
+        stage = run_stage(tracker, "evaluate", plan.pipeline, plan.pipeline, examples, plan.metric,
+                          threads=plan.threads, progress=opts.progress, repeats=opts.repeats, repeat_lm=task_lm,
+                          pipeline_name=plan.spec)
+        summary, nodes, repeats = stage.summary(), stage.nodes, stage.repeats
+        if repeats is not None:
+            repeats["resampling"] = how
         if plan.program_path is not None:
             tracker.file(plan.program_path, "program")
     return {
