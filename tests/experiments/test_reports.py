@@ -6,23 +6,40 @@ from mlflow.tracking import MlflowClient
 
 from experiments.evaluate import EvalReport, ExampleResult
 from experiments.reports import log_node_reports, node_details, node_metrics, verdict_table
+from experiments.runner import Trace
 from experiments.tracking import RunTracker
 from metrics.verdict import Verdict
 from programs.builtin import Triage
+from programs.trace import NodeCall
+
+
+def traced(message, category=None, reply=None, error=None):
+    """The trace of one Triage run: its node calls, as the evaluation core records them."""
+    calls = []
+    if category is not None:
+        calls.append(NodeCall("classify", "classifier", 0, {"message": message}, {"category": category}, "category"))
+    if reply is not None:
+        calls.append(NodeCall("reply", "writer", 1, {"message": message, "category": category}, {"reply": reply},
+                              "reply"))
+    prediction = None if error else dspy.Prediction(category=category, reply=reply)
+    return Trace("t", "triage", "v", {"message": message}, prediction, calls, error,
+                 "program" if error else None)
 
 
 @pytest.fixture
 def evaluation():
     examples = [dspy.Example(message=m, category=c, reply="r").with_inputs("message")
                 for m, c in (("charged twice", "billing"), ("where is my parcel", "shipping"), ("hi", "refund"))]
+    first, second = traced("charged twice", "billing", "We fix it."), traced("where is my parcel", "billing", "Soon.")
     results = [
-        ExampleResult(0, dspy.Prediction(category="billing", reply="We fix it."),
-                      {"classify": Verdict.ok(), "reply": Verdict.ok()}, 1.0),
-        ExampleResult(1, dspy.Prediction(category="billing", reply="Soon."),
+        ExampleResult(0, first.prediction, {"classify": Verdict.ok(), "reply": Verdict.ok()}, 1.0, trace=first),
+        ExampleResult(1, second.prediction,
                       {"classify": Verdict.fail("label 'shipping' expected, got 'billing'."),
-                       "reply": Verdict.abstain("the judge could not grade this output.", judge_failures=1)}, 0.0),
+                       "reply": Verdict.abstain("the judge could not grade this output.", judge_failures=1)}, 0.0,
+                      trace=second),
         ExampleResult(2, None, {"classify": Verdict.fail("the pipeline raised X"),
-                                "reply": Verdict.fail("the pipeline raised X")}, 0.0, error="X"),
+                                "reply": Verdict.fail("the pipeline raised X")}, 0.0, error="X",
+                      trace=traced("hi", error="X")),
     ]
     return Triage(), EvalReport(results), examples
 
