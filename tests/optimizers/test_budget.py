@@ -47,7 +47,11 @@ def test_never_over_the_cap_inside_a_threaded_evaluation(threads):
                              display_progress=False, max_errors=100)
     with dspy.context(lm=lm.lm, adapter=lm.adapter), budget.track(), pytest.raises(BudgetStop):
         evaluate(dspy.Predict(Ask))
-    assert len(engine.requests) == budget.calls == 7
+    assert len(engine.requests) <= 7  # never over the cap
+    if threads == 1:
+        assert len(engine.requests) == budget.calls == 7
+    else:  # a call still in flight on another thread when the evaluation stopped may be charged late
+        assert 7 - threads < budget.calls <= len(engine.requests)
 
 
 def test_token_cap_judged_by_the_largest_call():
