@@ -20,11 +20,11 @@ from mlflow.tracking import MlflowClient
 
 from experiments.compile import CompileOptions, compile_pipeline
 from programs.builtin import builtin_dataset
+from tests.conftest import CHROMIUM
 from tests.fakes import fake_lm, triage_respond
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("PIPEC_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "test-artifacts")
 INSTRUCTION = "お客様への返信を、丁寧で具体的な日本語で短く書いてください。"
 PIPELINE_FILE = f'''
@@ -89,17 +89,6 @@ def ui(tmp_path_factory):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
 
 
 def _screenshot(page, name: str) -> Path:
