@@ -8,14 +8,14 @@ too (the unpriced models are named), so a run never claims to have been free whe
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
-from dspy.utils.usage_tracker import UsageTracker
+
+from experiments.evaluate import SharedUsageTracker
 
 __all__ = ["FREE_PREFIXES", "Cost", "call_cost", "log_cost", "run_capped", "takes_max_cost", "track_cost", "usage_cost"]
 
@@ -71,22 +71,6 @@ def usage_cost(usage: Mapping[str, Iterable[Mapping[str, Any]]]) -> Cost:
     return cost
 
 
-class _CostTracker(UsageTracker):
-    """A usage tracker every thread writes to (DSPy's ParallelExecutor deep-copies trackers into
-    its workers: this one stays itself), its appends kept whole by a lock."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-
-    def __deepcopy__(self, memo: dict) -> _CostTracker:
-        return self
-
-    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
-        with self._lock:
-            super().add_usage(lm, usage_entry)
-
-
 @contextmanager
 def track_cost() -> Iterator[Cost]:
     """The cost of every DSPy LM call inside the block, known when the block ends (cache hits
@@ -95,7 +79,7 @@ def track_cost() -> Iterator[Cost]:
     passes them on to the tracker in force before it, the way ``lm_usage`` does.
     """
     cost = Cost()
-    tracker = _CostTracker()
+    tracker = SharedUsageTracker()
     parent = dspy.settings.usage_tracker
     with dspy.context(usage_tracker=tracker):
         try:

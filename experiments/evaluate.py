@@ -38,7 +38,7 @@ class LMUsage:
                 "completion_tokens": self.completion_tokens}
 
 
-class _SharedUsageTracker(UsageTracker):
+class SharedUsageTracker(UsageTracker):
     """A usage tracker every worker thread writes to.
 
     DSPy's ParallelExecutor deep-copies the tracker into each worker (to attribute usage per
@@ -50,7 +50,7 @@ class _SharedUsageTracker(UsageTracker):
         super().__init__()
         self._lock = threading.Lock()
 
-    def __deepcopy__(self, memo: dict) -> _SharedUsageTracker:
+    def __deepcopy__(self, memo: dict) -> SharedUsageTracker:
         return self
 
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
@@ -66,7 +66,7 @@ def lm_usage() -> Iterator[LMUsage]:
     tracker already in force (an enclosing block) receives the same entries on exit.
     """
     usage = LMUsage()
-    tracker = _SharedUsageTracker()
+    tracker = SharedUsageTracker()
     parent = dspy.settings.usage_tracker
     with dspy.context(usage_tracker=tracker):
         try:
