@@ -28,7 +28,7 @@ class OptimizerSpec:
         load: Returns the Teleprompter class (imported lazily).
         summary: One line for ``--help``.
         defaults: pipec's constructor defaults; a template value ``"{seed}"``, ``"{lm}"``,
-            ``"{prompt_lm}"`` or ``"{threads}"`` is filled in at build time.
+            ``"{prompt_lm}"``, ``"{threads}"`` or ``"{store}"`` is filled in at build time.
         compile_defaults: pipec's compile-argument defaults.
         feedback: The metric must return ``dspy.Prediction(score, feedback)``.
         uses_valset: The optimizer's compile accepts a valset.
@@ -126,9 +126,13 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                       "kept only when the valset score improves; budget max_lm_calls=150",
                       defaults={**_TEXTUAL, "max_lm_calls": 150, "val_size": 6}, uses_valset=True),
         OptimizerSpec("human", _own("optimizers.human", "HumanFeedback"),
-                      "manual loop: your notes (--param notes=FILE or -) -> LM rewrite -> you accept the diff "
-                      "(accept=ask|all|none); budget max_lm_calls=60",
-                      defaults={**_TEXTUAL, "max_lm_calls": 60, "val_size": 6}, uses_valset=True),
+                      "manual loop: your notes (--param notes=FILE, - for stdin, or store: for the comments and "
+                      "corrections `pipec review` saved in the flywheel store, newest first, limit=20 per node) -> "
+                      "LM rewrite -> you accept the diff (accept=ask on a terminal; accept=all keeps every diff "
+                      "that scores no worse, for runs without a person; accept=none records them only); budget "
+                      "max_lm_calls=60",
+                      defaults={**_TEXTUAL, "max_lm_calls": 60, "val_size": 6, "store": "{store}"},
+                      uses_valset=True),
         OptimizerSpec("query-aware", _own("optimizers.query_aware", "QueryAware"),
                       "query-aware prompts (after TRPrompt): a prompt writer writes an instruction per query and "
                       "learns in context from judged rewards; TWO LM calls per query at inference on that node; "
@@ -240,7 +244,8 @@ def _prepare_sequence(name: str, metric: Callable[..., Any], params: Mapping[str
 
 
 def prepare_optimizer(name: str, metric: Callable[..., Any], params: Mapping[str, Any] | None = None, *,
-                      seed: int = 0, lm: Any = None, threads: int = 1, prompt_lm: Any = None) -> PreparedOptimizer:
+                      seed: int = 0, lm: Any = None, threads: int = 1, prompt_lm: Any = None,
+                      store: str | None = None) -> PreparedOptimizer:
     """Builds the optimizer ``name`` with pipec's defaults overridden by ``params``.
 
     Args:
@@ -252,6 +257,8 @@ def prepare_optimizer(name: str, metric: Callable[..., Any], params: Mapping[str
         threads: Evaluation threads for optimizers that take them.
         prompt_lm: The LM that writes prompts for pipec's textual optimizers (``{prompt_lm}``):
             a ``dspy.LM`` or an ``LMConfig``; ``lm`` when None.
+        store: The flywheel store (``{store}``: ``pipec compile --store``) for optimizers that read
+            it (``human``'s ``notes=store:``); None: ``$PIPEC_STORE``, else ``$PIPEC_HOME/store.duckdb``.
 
     ``name`` may be a sequence, ``protegi,knn``: the optimizers run one after the other.
 
@@ -260,7 +267,7 @@ def prepare_optimizer(name: str, metric: Callable[..., Any], params: Mapping[str
     """
     if "," in name:
         return _prepare_sequence(name, metric, dict(params or {}), seed=seed, lm=lm, threads=threads,
-                                 prompt_lm=prompt_lm)
+                                 prompt_lm=prompt_lm, store=store)
     spec = spec_for(name)
     reserved = sorted(set(params or {}) & set(_RESERVED))
     if reserved:
@@ -269,7 +276,8 @@ def prepare_optimizer(name: str, metric: Callable[..., Any], params: Mapping[str
     init_names = accepted_names(cls.__init__, exclude=_RESERVED)
     compile_names = accepted_names(cls.compile, exclude=_RESERVED)
     user_init, user_compile = split_params(params or {}, init_names, compile_names, name)
-    context = {"seed": seed, "lm": lm, "threads": threads, "prompt_lm": prompt_lm if prompt_lm is not None else lm}
+    context = {"seed": seed, "lm": lm, "threads": threads, "prompt_lm": prompt_lm if prompt_lm is not None else lm,
+               "store": store}
     displaced = {d for key, ds in spec.exclusive.items() if key in {**user_init, **user_compile} for d in ds}
     init = {k: _fill(v, context) for k, v in spec.defaults.items() if k not in displaced}
     init.update(user_init)
