@@ -35,10 +35,12 @@ import re
 import threading
 import unicodedata
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +77,36 @@ class Embedding:
 
 
 def _features(text: str) -> list[str]:
-    text = unicodedata.normalize("NFKC", text).lower()
-    words = _WORD.findall(text)  # \w is Unicode-aware; unspaced Japanese runs are covered by the n-grams
+    """The features of ``text``, in order: words, word bigrams, then each word's character n-grams."""
+    words = _WORD.findall(unicodedata.normalize("NFKC", text).lower())  # \w is Unicode-aware
     feats = [f"w {w}" for w in words]
     feats += [f"b {a} {b}" for a, b in itertools.pairwise(words)]
-    for word in words:
-        padded = f" {word} "
-        for n in (3, 4, 5):
-            feats += [f"c {padded[i:i + n]}" for i in range(max(1, len(padded) - n + 1))]
+    for word in words:  # unspaced Japanese runs are covered by the n-grams
+        feats += _char_ngrams(word)
     return feats
+
+
+@functools.lru_cache(maxsize=1 << 16)  # words repeat: their n-grams are built once
+def _char_ngrams(word: str) -> tuple[str, ...]:
+    padded = f" {word} "
+    return tuple(f"c {padded[i:i + n]}" for n in (3, 4, 5) for i in range(max(1, len(padded) - n + 1)))
+
+
+class _Crc32(dict):
+    """crc32 of each feature, computed once; bounded (emptied at ``limit`` entries) so a long-running
+    process does not grow it without end. A hit is one C-level dict lookup."""
+
+    limit = 1 << 19
+
+    def __missing__(self, feature: str) -> int:
+        if len(self) >= self.limit:
+            self.clear()
+        value = self[feature] = zlib.crc32(feature.encode("utf-8"))
+        return value
+
+
+_CRC = _Crc32()
+_SUBLINEAR = np.array([0.0] + [1.0 + math.log(c) for c in range(1, 256)])  # 1 + log(count), as math.log rounds
 
 
 def hashed_ngrams(texts: Sequence[str], dim: int = HASH_DIM) -> np.ndarray:
@@ -91,12 +114,27 @@ def hashed_ngrams(texts: Sequence[str], dim: int = HASH_DIM) -> np.ndarray:
 
     crc32 (not ``hash()``, which is salted per process) picks the bucket and a sign, so equal
     texts get equal vectors in every process, and collisions cancel out rather than pile up.
+    Each text's features are added in the order they first occur (``np.add.at`` adds in order),
+    so the float32 sums are the same bits wherever they are computed.
     """
-    out = np.zeros((len(texts), dim), dtype=np.float32)
+    rows, hashes, times = array("q"), array("q"), array("q")
+    crc = _CRC.__getitem__
     for row, text in enumerate(texts):
-        for feat, count in Counter(_features(str(text))).items():
-            h = zlib.crc32(feat.encode("utf-8"))
-            out[row, h % dim] += (1.0 if h >> 31 else -1.0) * (1.0 + math.log(count))
+        counts = Counter(_features(str(text)))
+        rows.extend(repeat(row, len(counts)))
+        hashes.extend(map(crc, counts))
+        times.extend(counts.values())
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    if not hashes:
+        return out
+    h = np.frombuffer(hashes, dtype=np.int64)
+    c = np.frombuffer(times, dtype=np.int64)
+    if c.max() < len(_SUBLINEAR):
+        sublinear = _SUBLINEAR[c]
+    else:  # a feature 256+ times in one text: log those exactly
+        sublinear = np.array([1.0 + math.log(n) for n in times])
+    values = (np.where(h >> 31, 1.0, -1.0) * sublinear).astype(np.float32)
+    np.add.at(out.reshape(-1), np.frombuffer(rows, dtype=np.int64) * dim + h % dim, values)
     return out
 
 

@@ -102,6 +102,37 @@ def test_the_hash_embedding_is_deterministic_across_processes():
     assert np.array_equal(np.array(json.loads(out), dtype=np.float32), here)
 
 
+def _reference_hashed_ngrams(texts, dim):
+    """The hash embedding as first written: one feature at a time, in the order it first occurs."""
+    import itertools
+    import math
+    import re
+    import unicodedata
+    import zlib
+    from collections import Counter
+
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for row, text in enumerate(texts):
+        words = re.findall(r"\w+", unicodedata.normalize("NFKC", text).lower())
+        feats = [f"w {w}" for w in words] + [f"b {a} {b}" for a, b in itertools.pairwise(words)]
+        for word in words:
+            padded = f" {word} "
+            for n in (3, 4, 5):
+                feats += [f"c {padded[i:i + n]}" for i in range(max(1, len(padded) - n + 1))]
+        for feat, count in Counter(feats).items():
+            h = zlib.crc32(feat.encode("utf-8"))
+            out[row, h % dim] += (1.0 if h >> 31 else -1.0) * (1.0 + math.log(count))
+    return out
+
+
+@pytest.mark.parametrize("dim", [512, 16])  # 16 buckets: most features collide, so the order of the sums shows
+def test_the_batched_hash_embedding_has_the_bits_of_the_one_feature_at_a_time_definition(dim):
+    texts = ["Where is my new card? My card has not arrived.", "カードがまだ届きません。確認してください。", "",
+             "!!!", "ｆｕｌｌ ＷＩＤＴＨ Ünïcödé", "spam " * 300, "a b a b a b"]
+    assert hashed_ngrams(texts, dim).tobytes() == _reference_hashed_ngrams(texts, dim).tobytes()
+    assert hashed_ngrams([], dim).shape == (0, dim)
+
+
 def _repo_root():
     from pathlib import Path
 
