@@ -155,3 +155,24 @@ def test_bad_store_notes_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="holds no review comments or corrections yet"):
         HumanFeedback(notes="store:", store=str(empty), accept="all")
     assert parse_store_notes("store:") == StoreNotes()
+
+
+def test_pipec_compile_takes_the_notes_from_the_store(store_path, monkeypatch):
+    """The whole compile (real MLflow) with the store from $PIPEC_STORE: the rewrite read the
+    store's comments, the accepted rewrite beat the baseline, and the run records where the notes
+    came from and each round."""
+    from mlflow.tracking import MlflowClient
+
+    from experiments.compile import CompileOptions, compile_pipeline
+
+    monkeypatch.setenv("PIPEC_STORE", str(store_path))
+    lm, engine, _ = scripted_lm({"new_instruction": _writer})
+    result = compile_pipeline(CompileOptions("triage", "human", lm=lm, progress=False, params=(
+        "notes=store:pipeline=triage", "accept=all", "nodes=classify", "val_size=0", "max_lm_calls=100")))
+    prompts = [prompt_text(r) for r in requests_for(engine, "new_instruction")]
+    assert len(prompts) == 1 and "CLS-NOTE: asking for money back is a refund" in prompts[0]
+    assert result["compile"]["lm_calls"] <= 100
+    assert result["compiled"]["nodes"]["classify"] > result["baseline"]["nodes"]["classify"]
+    params = MlflowClient().get_run(result["run_id"]).data.params
+    assert params["optimizer.chosen.notes_source"] == f"store:limit=20,pipeline=triage ({store_path})"
+    assert "CLS-NOTE" in params["optimizer.chosen.rounds"]
