@@ -50,7 +50,12 @@ class Pipeline(dspy.Module):
         (``programs.trace.node_calls``), which validators judge instead of its fields."""
         with capture(self) as calls:
             prediction = super().__call__(*args, **kwargs)
-        attach(prediction, calls)
+        # DSPy's bootstrap_trace_data (GEPA's traced minibatches) patches forward to return
+        # (prediction, trace) and calls the metric without the trace: the calls go on the prediction.
+        if isinstance(prediction, tuple) and len(prediction) == 2 and isinstance(prediction[1], list):
+            attach(prediction[0], calls)
+        else:
+            attach(prediction, calls)
         return prediction
 
     def nodes(self) -> dict[str, Node]:

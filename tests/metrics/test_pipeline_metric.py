@@ -203,3 +203,20 @@ def test_an_lm_failure_is_not_graded(metric, example):
                       error="LMTimeoutError: timed out", lm_error=True)]
     verdict = metric.judge_calls(example, calls, failed=True)["classify"]
     assert not verdict.counted and not verdict.passed and verdict.details["lm_errors"] == 1
+
+
+def test_gepa_traced_minibatches_are_judged_on_their_node_calls(example):
+    """DSPy's ``bootstrap_trace_data`` (GEPA's traced minibatches) patches ``forward`` to return
+    ``(prediction, trace)`` and calls the metric without the trace: the node calls must still
+    reach the metric, or every traced minibatch scores 0 and GEPA never accepts a candidate."""
+    from dspy.teleprompt.bootstrap_trace import bootstrap_trace_data
+
+    from tests.fakes import fake_lm, triage_respond
+
+    pipeline = Triage()
+    metric = PipelineMetric(pipeline)
+    lm, _ = fake_lm(triage_respond)
+    with dspy.context(lm=lm.lm, adapter=lm.adapter):
+        data = bootstrap_trace_data(pipeline, [example], metric=metric, num_threads=1)
+    assert [entry["score"] for entry in data] == [metric(example, _run(Triage(), triage_respond, example))]
+    assert data[0]["score"] > 0  # "charged" -> billing, as the scripted classifier answers
