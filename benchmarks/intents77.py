@@ -80,10 +80,11 @@ ROWS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
 # overriding pipec's defaults). Each 77-label call takes seconds, so the budgets are small; the
 # rows run only when named in run(rows=...).
 SEARCH_ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    # 5 valset evaluations (zero-shot, labelled, unshuffled bootstrap, 2 random bootstraps)
-    # plus the bootstrap passes over the 77-message trainset: at most 5 x 20 + 3 x 77 calls.
+    # 2 candidates (DSPy's seeds -1 and 0: the unshuffled bootstrap and one shuffled bootstrap; the
+    # zero-shot and labelled-only candidates are rows of their own): 2 valset evaluations plus the
+    # bootstrap passes over the 77-message trainset, at most 2 x 20 + 2 x 77 calls, ~50 expected.
     ("bootstrap-rs (2 candidates)", "bootstrap-rs",
-     {"num_candidate_programs": 2, "max_bootstrapped_demos": 2, "max_labeled_demos": 4}),
+     {"num_candidate_programs": 1, "restrict": [-1, 0], "max_bootstrapped_demos": 2, "max_labeled_demos": 4}),
     # gepa is not a row: DSPy's bootstrap_trace_data (GEPA's traced minibatches) hands the metric
     # the prediction without its node calls and without the trace, so pipec's metric scores every
     # traced minibatch 0 and GEPA never accepts a candidate (to be fixed in programs/metrics first).
