@@ -70,6 +70,11 @@ class RetrievalFewShot(Teleprompter):
             candidate evaluated; the valset is subsampled to fit. 0 means no tuning.
         num_threads: Threads for the valset evaluations.
         seed: Seed of the valset subsample.
+        nodes: The nodes knn compiles, by name (``"classify"``, ``"classify,reply"`` or a list):
+            only they get a retrieval pool and the classifier or SQL settings above; every other
+            node keeps its prompt, demos and settings exactly as they are. None (default): every
+            node whose gold field the trainset holds. An unknown name, or a node without a gold
+            field, is a ConfigError that lists the valid ones.
         pool: ``trainset`` (default): each node's pool is the trainset, fixed at compile time.
             ``store``: the same, and at run time (``pipec run``, ``experiments.recording.Recorder``)
             each node also draws demos from the flywheel store's corrected and approved calls,
@@ -81,7 +86,8 @@ class RetrievalFewShot(Teleprompter):
                  embedding: str | None = None, order: str | None = None, balance: bool | None = None,
                  narrow: int | str | None = None, mode: str | None = None, schema_linking: bool | None = None,
                  grammar: bool | None = None, repair: bool | None = None, samples: int | None = None,
-                 max_lm_calls: int = 300, num_threads: int = 1, seed: int = 0, pool: str = "trainset") -> None:
+                 max_lm_calls: int = 300, num_threads: int = 1, seed: int = 0, pool: str = "trainset",
+                 nodes: str | Sequence[str] | None = None) -> None:
         super().__init__()
         if k is not None and int(k) < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
@@ -110,6 +116,9 @@ class RetrievalFewShot(Teleprompter):
         self.narrow, self.mode = narrow, mode
         self.codegen = {k: v for k, v in {"schema_linking": schema_linking, "grammar": grammar, "repair": repair,
                                           "samples": samples}.items() if v is not None}
+        self.nodes = _node_names(nodes)
+        if self.nodes is not None and isinstance(getattr(metric, "pipeline", None), Pipeline):
+            _check_nodes(self.nodes, metric.pipeline)  # before a compile run is started
         self.chosen: dict[str, Any] = {}
 
     def _grid(self) -> dict[str, list[Any]]:
@@ -140,7 +149,11 @@ class RetrievalFewShot(Teleprompter):
             raise PipelineError(f"--optimizer knn compiles pipec Pipelines (it needs their gold fields), "
                                 f"got {type(student).__name__}")
         program = student.deepcopy()
+        if self.nodes is not None:
+            _check_nodes(self.nodes, program)
         pools = node_pools(program, trainset)
+        if self.nodes is not None:
+            pools = {name: pool for name, pool in pools.items() if name in self.nodes}
         if not pools:
             raise PipelineError(f"no node of {type(program).__name__} has examples for its gold field in the "
                                 f"trainset; gold fields are {dict(program.gold)}")
@@ -154,13 +167,14 @@ class RetrievalFewShot(Teleprompter):
             for name, base in bases[config["embedding"]].items():
                 program.nodes()[name].retrieval = base.with_settings(**_settings(config, base), pool=self.pool)
                 _apply_node_settings(program.nodes()[name], config, {})
-            for node in program.nodes().values():
-                _apply_node_settings(node, {}, self.codegen)
+            for name, node in program.nodes().items():
+                if self.nodes is None or name in self.nodes:
+                    _apply_node_settings(node, {}, self.codegen)
 
         # Every node runs on every example, retrieving or not: that is what a candidate costs.
         config, report = self._search(program, grid, apply, list(valset or []), len(program.nodes()))
         apply(config)
-        self.chosen = {**config, **report,
+        self.chosen = {**config, **report, "nodes": sorted(pools),
                        "pool_sizes": {name: len(pool["demos"]) for name, pool in pools.items()}}
         logger.info("knn chose %s", self.chosen)
         return program
@@ -203,6 +217,29 @@ class RetrievalFewShot(Teleprompter):
         score = float(evaluate(program).score) / 100.0  # Evaluate reports a percentage
         logger.info("knn candidate %s: %.3f on %d valset examples", config, score, len(val))
         return score
+
+
+def _node_names(nodes: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``nodes`` as a tuple of names: a comma-separated string or a list; None stays None."""
+    if nodes is None:
+        return None
+    parts = nodes.split(",") if isinstance(nodes, str) else nodes
+    if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) for p in parts):
+        raise ConfigError(f"nodes must name nodes, e.g. nodes=classify or nodes=classify,reply; got {nodes!r}")
+    names = tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    if not names:
+        raise ConfigError("nodes is empty: name at least one node, e.g. nodes=classify")
+    return names
+
+
+def _check_nodes(names: tuple[str, ...], pipeline: Pipeline) -> None:
+    """Every name is a node of ``pipeline`` with a gold field (the field its pool is built from)."""
+    eligible = [name for name in pipeline.nodes() if name in pipeline.gold]
+    for name in names:
+        if name not in eligible:
+            why = "has no gold field" if name in pipeline.nodes() else "is not a node"
+            raise ConfigError(f"--param nodes: {name!r} {why} of {type(pipeline).__name__}; "
+                              f"knn can compile {', '.join(eligible) or 'no node'}")
 
 
 def _apply_node_settings(node: Any, config: dict[str, Any], codegen: dict[str, Any]) -> None:
