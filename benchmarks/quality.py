@@ -294,14 +294,16 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]], None] | None = None,
-        keep: str | os.PathLike | None = None, lm: LMFactory | None = None) -> dict[str, Any]:
+        keep: str | os.PathLike | Sequence[str | os.PathLike] | None = None, lm: LMFactory | None = None
+        ) -> dict[str, Any]:
     """Zero-shot, then each registered optimizer, all scored on the dev split.
 
     Args:
-        rows: The rows to run (``zero-shot`` and optimizer names; default: all). The others are
-            kept from ``keep`` or say "not run".
+        rows: The rows to run (``zero-shot`` and optimizer names; default: all), in that order.
+            The others are kept from ``keep`` or say "not run".
         checkpoint: Called with the result so far after every row (to write it).
-        keep: An earlier result file whose measured rows are kept unless run again now.
+        keep: An earlier result file, or several (a later file's row wins), whose measured rows are
+            kept unless run again now (rows measured by runs side by side are put together so).
         lm: Builds the LM config from the cache flag; default the embedded LM (``local``).
 
     Returns:
@@ -321,7 +323,9 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
     if unknown:
         raise ValueError(f"unknown quality row(s) {unknown}; rows are {', '.join(names)}")
     lm = lm or _local_lm
-    kept = _previous(Path(keep) if keep else None)
+    kept: dict[str, dict[str, Any]] = {}
+    for path in [keep] if isinstance(keep, (str, os.PathLike)) else keep or []:
+        kept.update(_previous(Path(path)))
     measured: dict[str, dict[str, Any]] = {}
     train, val, dev = _split()
     session = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -362,7 +366,7 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
         files = {"train": write_jsonl(Path(tmp) / "train.jsonl", train),
                  "val": write_jsonl(Path(tmp) / "val.jsonl", val), "notes": Path(tmp) / "human-notes.txt"}
         files["notes"].write_text(HUMAN_NOTES, encoding="utf-8")
-        todo = [n for n in names if n in wanted]
+        todo = list(dict.fromkeys(wanted))
         for index, name in enumerate(todo, start=1):
             logger.info("quality: %s (%d/%d) after %.0f s", name, index, len(todo), time.perf_counter() - started)
             if name == ZERO_SHOT:
