@@ -9,6 +9,10 @@ line and exit status 2, never a run that scores 0. Two steps per remote LM:
    the provider rejects or a server that is down is found too.
 
 The embedded LM needs neither: it is checked when it loads. ``--no-preflight`` skips both steps.
+
+First of all, the MLflow tracking URI is looked at (``experiments.liveness.check_tracking_uri``,
+no request to MLflow): a mistyped ``MLFLOW_TRACKING_URI`` is one line and exit status 2 too,
+before any LM is asked.
 """
 
 from __future__ import annotations
@@ -130,9 +134,13 @@ def preflight(lms: Iterable[tuple[str, dspy.BaseLM]], *, say: Callable[[str], No
         say: Where a one-line note goes when a check met a transient failure.
 
     Raises:
+        TrackingStoreError: The MLflow tracking URI names a store that cannot be opened.
         LMConfigError: No key, a rejected key, an unknown provider or model, an unreachable server.
     """
+    from experiments.liveness import check_tracking_uri
+
     start = time.perf_counter()
+    check_tracking_uri()
     checked: dict[str, str] = {}
     for flag, lm in lms:
         name = f"{flag} {_spec(lm)}"

@@ -87,6 +87,7 @@ def resume_options(run_id: str, overrides: Mapping[str, Any] | None = None) -> A
         overrides: Options to set on top (``out``, ``progress``).
 
     Raises:
+        TrackingStoreError: The tracking URI names a store that cannot be opened.
         ConfigError: No such run, not a compile run, or one recorded without its options.
         DatasetError: A dataset is missing or its content hash differs from the recorded one.
     """
@@ -94,12 +95,13 @@ def resume_options(run_id: str, overrides: Mapping[str, Any] | None = None) -> A
     from mlflow.tracking import MlflowClient
 
     from experiments.compile import CompileOptions
+    from experiments.liveness import check_tracking_uri
     from experiments.tracking import tracking_uri
     from programs.errors import ConfigError
     from programs.loader import make_pipeline
 
     try:
-        run = MlflowClient().get_run(run_id)
+        run = MlflowClient(check_tracking_uri()).get_run(run_id)
     except MlflowException as exc:
         raise ConfigError(f"--resume {run_id}: no such run in {tracking_uri()}; see `pipec runs list`") from exc
     params, tags = run.data.params, run.data.tags

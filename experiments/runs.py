@@ -64,12 +64,16 @@ def list_runs(experiment: str, limit: int = 20, *, pipeline: str | None = None, 
         pipeline, optimizer: Only runs of this pipeline spec / optimizer name.
         status: Only runs in this state (FINISHED, FAILED, KILLED, RUNNING).
         since: Only runs started at or after this time.
+
+    Raises:
+        TrackingStoreError: The tracking URI names a store that cannot be opened.
+        ConfigError: No such experiment.
     """
     from mlflow.tracking import MlflowClient
 
-    from experiments.liveness import KILLED_REASON_TAG, mark_killed_runs
+    from experiments.liveness import KILLED_REASON_TAG, check_tracking_uri, mark_killed_runs
 
-    client = MlflowClient()
+    client = MlflowClient(check_tracking_uri())  # checked first: MLflow retries a bad store for minutes
     mark_killed_runs("pipec runs list", client)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -125,6 +129,7 @@ def show_run(run_id: str) -> dict[str, Any]:
     registered prompts, logged models, and artifacts.
 
     Raises:
+        TrackingStoreError: The tracking URI names a store that cannot be opened.
         ConfigError: No such run.
     """
     import json
@@ -132,7 +137,9 @@ def show_run(run_id: str) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    from experiments.liveness import check_tracking_uri
+
+    client = MlflowClient(check_tracking_uri())
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:

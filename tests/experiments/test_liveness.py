@@ -2,16 +2,23 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from experiments.liveness import (
     KILLED_REASON_TAG,
+    TrackingStoreError,
+    check_tracking_uri,
     mark_killed_runs,
     process_alive,
     process_start,
     process_tags,
 )
+from tests.experiments.test_runs import SLOW_PIPELINE
+
+TRIAGE = Path(__file__).resolve().parents[2] / "programs" / "data" / "triage.jsonl"
 
 
 def _dead_pid() -> int:
@@ -62,10 +69,83 @@ def test_mark_killed_runs_ends_only_this_host_s_runs_whose_process_is_gone():
     assert mark_killed_runs("pipec runs list") == []  # already ended: nothing to do twice
 
 
-def test_an_unreadable_store_is_a_warning_not_an_error(tmp_path, monkeypatch):
-    import pytest
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
+
+def _bad_uris(tmp_path):
+    """Mistyped tracking URIs, one of each kind, and a word of the fix each error line must give."""
     (tmp_path / "store").mkdir()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store'}")  # a directory: not a database
-    with pytest.warns(RuntimeWarning, match="checking for killed runs failed"):
-        assert mark_killed_runs("pipec runs list") == []
+    (tmp_path / "notes.txt").write_text("ノート: not a database\n", encoding="utf-8")
+    return {
+        "a directory": (f"sqlite:///{tmp_path / 'store'}", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"),
+        "not a database": (f"sqlite:///{tmp_path / 'notes.txt'}", "is not an SQLite database"),
+        "a missing directory": (f"sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}",
+                                f"mkdir -p {tmp_path / 'no' / 'such'}"),
+        "a file as a directory": (f"sqlite:///{tmp_path / 'notes.txt' / 'mlflow.db'}", "is a file, not a directory"),
+        "nothing listens": (f"http://127.0.0.1:{_closed_port()}", "nothing listens there"),
+        "a database server nothing listens on": (f"postgresql://pipec:hunter2@127.0.0.1:{_closed_port()}/runs",
+                                                 "start the postgresql server"),
+        "the file store": (str(tmp_path / "mlruns"), "use a database such as sqlite:///"),
+        "an unknown scheme": (f"sqlit:///{tmp_path / 'mlflow.db'}", "unknown scheme 'sqlit'"),
+    }
+
+
+KINDS = ["a directory", "not a database", "a missing directory", "a file as a directory", "nothing listens",
+         "a database server nothing listens on", "the file store", "an unknown scheme"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_store_that_cannot_be_opened_is_one_line_naming_the_setting_and_the_fix(tmp_path, monkeypatch, kind):
+    uri, fix = _bad_uris(tmp_path)[kind]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(TrackingStoreError) as caught:
+        mark_killed_runs("pipec runs list")
+    message = str(caught.value)
+    assert message.startswith("MLFLOW_TRACKING_URI=") and "\n" not in message
+    assert fix in message and "unset it to use sqlite:///mlflow.db" in message
+    assert "hunter2" not in message  # a password in the URI is not printed
+    assert sorted(tmp_path.rglob("*")) == before  # nothing created: no directory, no database
+
+
+def test_stores_that_open_pass_the_check(tmp_path, monkeypatch):
+    MlflowClient().create_experiment("made")  # the test's store now exists, a real MLflow database
+    assert check_tracking_uri().startswith("sqlite:///")
+    (tmp_path / "empty.db").touch()  # sqlite takes an empty file for a new database
+    for uri in (f"sqlite:///{tmp_path / 'new.db'}", f"sqlite:///{tmp_path / 'empty.db'}", "sqlite:///relative.db",
+                "sqlite://", "databricks"):
+        assert check_tracking_uri(uri) == uri
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in keeps the file store
+    assert check_tracking_uri(str(tmp_path / "mlruns")) == str(tmp_path / "mlruns")
+
+
+def test_a_tracking_server_that_listens_passes_the_check():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        assert check_tracking_uri(uri) == uri
+
+
+COMMANDS = {  # each command that opens the tracking store, each against another kind of bad URI
+    "a directory": ("compile", SLOW_PIPELINE, "--trainset", str(TRIAGE), "-o", "bootstrap-rs", "--out", "program.json"),
+    "not a database": ("runs", "list"),
+    "a missing directory": ("runs", "show", "0123456789abcdef"),
+    "nothing listens": ("compile", "--resume", "0123456789abcdef", "--out", "program.json"),
+}
+
+
+@pytest.mark.parametrize("kind", list(COMMANDS))
+def test_pipec_commands_exit_2_on_a_mistyped_tracking_uri(tmp_path, kind):
+    uri, fix = _bad_uris(tmp_path)[kind]
+    done = subprocess.run([sys.executable, "-m", "experiments", *COMMANDS[kind]], capture_output=True, text=True,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    [line] = [line for line in done.stderr.splitlines() if "Error" in line or "Traceback" in line]
+    assert line.startswith(f"Error: MLFLOW_TRACKING_URI={uri}: ") and fix in line
+    assert not (tmp_path / "program.json").exists()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "store" / "mlflow.db").exists()
