@@ -140,3 +140,25 @@ def test_rows_of_a_result_file_written_before_rows_were_stamped_get_the_files_da
     knn = quality._previous(path)["knn"]
     assert knn["measured_at"] == "2026-11-21T13:35:27Z" and knn["git.commit"] == "041f160b"
     assert knn["max_lm_calls"] == 150 and knn["within_cap"] is True and knn["not_below_baseline"] is True
+
+
+def test_rows_from_several_result_files_are_put_together_the_later_file_winning(toy_banking77, tmp_path):
+    def document(name, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({"date": "2026-11-26T02:00:00Z", "machine": {}, "rows": rows}), encoding="utf-8")
+        return path
+
+    def row(optimizer, accuracy=None):
+        if accuracy is None:
+            return {"optimizer": optimizer, "status": "not run"}
+        return {"optimizer": optimizer, "status": "measured", "measured_at": "2026-11-26T03:00:00Z",
+                "dev_accuracy": accuracy, "compile_lm_calls": 10, "max_lm_calls": 20, "within_cap": True,
+                "val_score_baseline": 0.5, "val_score_compiled": 0.5, "not_below_baseline": True, "wall_s": 1.0}
+
+    first = document("a.json", [row("opro", 0.5), row("ape", 0.6), row("human")])
+    second = document("b.json", [row("ape", 0.7), row("human", 0.8), row("opro")])
+    result = quality.run(rows=[], keep=[first, second], lm=_LMs(toy_banking77))  # runs nothing: no LM call
+    assert result["run_now"] == []
+    accuracy = {r["optimizer"]: r.get("dev_accuracy") for r in result["rows"] if r["status"] == "measured"}
+    assert accuracy == {"opro": 0.5, "ape": 0.7, "human": 0.8}
+    assert "| ape | 2026-11-26 ? | 20 | 10 | yes |" in result["table"]
