@@ -14,9 +14,9 @@ Notes say what is wrong. They come from one of:
 
   Options after the colon, comma-separated: ``store:limit=10,pipeline=triage,reviewer=alice``
   (``pipeline`` as the traces were recorded, e.g. ``triage`` or ``path/to/file.py:Class``). The
-  store is ``--param store=PATH``, else ``pipec compile --store``, else ``$PIPEC_STORE``, else
-  ``$PIPEC_HOME/store.duckdb`` (``experiments.store.default_store_path``); it is read, never
-  written;
+  store is ``--param store=PATH``, else the ``store`` the caller gave ``prepare_optimizer``, else
+  ``$PIPEC_STORE``, else ``$PIPEC_HOME/store.duckdb`` (``experiments.store.default_store_path``);
+  it is read, never written;
 - ``reviews``, for programs that hold their reviews elsewhere: a callable returning rows with
   ``node``, ``comment`` and ``passed``.
 

@@ -257,7 +257,7 @@ def prepare_optimizer(name: str, metric: Callable[..., Any], params: Mapping[str
         threads: Evaluation threads for optimizers that take them.
         prompt_lm: The LM that writes prompts for pipec's textual optimizers (``{prompt_lm}``):
             a ``dspy.LM`` or an ``LMConfig``; ``lm`` when None.
-        store: The flywheel store (``{store}``: ``pipec compile --store``) for optimizers that read
+        store: The flywheel store (``{store}``, e.g. ``pipec compile --store``) for optimizers that read
             it (``human``'s ``notes=store:``); None: ``$PIPEC_STORE``, else ``$PIPEC_HOME/store.duckdb``.
 
     ``name`` may be a sequence, ``protegi,knn``: the optimizers run one after the other.

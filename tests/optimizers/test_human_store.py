@@ -134,6 +134,9 @@ def test_the_store_path_comes_from_compile_then_the_environment(store_path, tmp_
     prepared = prepare_optimizer("human", metric, {"notes": "store:", "accept": "all"}, store=str(store_path))
     assert prepared.teleprompter.store_path == store_path
     assert prepared.settings["init.store"] == str(store_path)
+    given = prepare_optimizer("human", metric, {"notes": "store:", "accept": "all", "store": str(store_path)},
+                              store=str(tmp_path / "elsewhere.duckdb"))
+    assert given.teleprompter.store_path == store_path  # --param store=PATH comes first
     monkeypatch.setenv("PIPEC_STORE", str(store_path))
     assert prepare_optimizer("human", metric, {"notes": "store:", "accept": "all"}).teleprompter.store_path == \
         store_path
