@@ -199,6 +199,9 @@ def store_notes(store: Any, nodes: Sequence[str], options: StoreNotes = StoreNot
 def _open_store(path: Path, spec: str) -> Any:
     from experiments.store import Store
 
+    if not path.is_file():
+        raise ConfigError(f"--param notes={spec}: no store at {path}; pass --param store=PATH or set $PIPEC_STORE "
+                          "(pipec run records calls there, pipec review their reviews)")
     try:
         return Store.open(path, read_only=True)
     except Exception as exc:  # StoreError (missing file, newer schema) and StoreBusyError are UserErrors

@@ -142,7 +142,8 @@ def test_the_store_path_comes_from_compile_then_the_environment(store_path, tmp_
         store_path
     monkeypatch.delenv("PIPEC_STORE")
     monkeypatch.setenv("PIPEC_HOME", str(tmp_path / "home"))  # no store there
-    with pytest.raises(ConfigError, match=r"--param notes=store:: no store at .*home/store\.duckdb"):
+    missing = r"--param notes=store:: no store at .*home/store\.duckdb; pass --param store=PATH"
+    with pytest.raises(ConfigError, match=missing):
         prepare_optimizer("human", metric, {"notes": "store:", "accept": "all"})
 
 
