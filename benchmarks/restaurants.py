@@ -249,12 +249,13 @@ def _program(settings: dict[str, Any], train: Sequence[dspy.Example], database: 
 def _table(rows: list[dict[str, Any]]) -> str:
     def cells(r: dict[str, Any]) -> list[Any]:
         if r["status"] == NOT_RUN:
-            return [r["row"], NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN]
-        return [r["row"], r["accuracy_nonempty"], r["accuracy_all"], r["runs"], r["lm_calls_per_question"],
-                r["prompt_tokens_per_question"]]
+            return [r["row"], NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN]
+        return [r["row"], f"{r['n']} ({r['n_nonempty']})", r["accuracy_nonempty"], r["accuracy_all"], r["runs"],
+                r["lm_calls_per_question"], r["prompt_tokens_per_question"]]
 
-    return markdown_table(["program", "exec. accuracy, non-empty gold", "exec. accuracy, all", "query runs",
-                           "LM calls / question", "prompt tokens / question"], [cells(r) for r in rows])
+    return markdown_table(["program", "questions (non-empty gold)", "exec. accuracy, non-empty gold",
+                           "exec. accuracy, all", "query runs", "LM calls / question", "prompt tokens / question"],
+                          [cells(r) for r in rows])
 
 
 def _previous(path: Path | None) -> dict[str, dict[str, Any]]:
@@ -285,6 +286,10 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
     database = str(database_path())
     train, test = load_split(per_query)
     all_test = len(load_split()[1])
+    from programs.sqlexec import run_readonly
+
+    # Computed here, not read from a row: a row kept from an earlier run may have counted otherwise.
+    nonempty_gold = sum(bool(g.ok and g.rows) for g in (run_readonly(database, e.sql, max_rows=1000) for e in test))
     wanted = [name for name, _ in ROWS] if rows is None else list(rows)
     config = None
     kept = _previous(Path(keep) if keep else None)
@@ -299,7 +304,7 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
                     "database": database, "train_folds": "0-7", "test_folds": list(TEST_FOLDS),
                     "train": len(train), "test": len(test), "test_distinct_in_folds": all_test,
                     "per_query": per_query,
-                    "test_nonempty_gold": next((r["n_nonempty"] for r in all_rows if "n_nonempty" in r), None),
+                    "test_nonempty_gold": nonempty_gold,
                     "knn": "RetrievalFewShot(k=4, embedding=hash, order=nearest_last), pool = folds 0-7, no tuning",
                     "lm": "local (SmolLM2-135M-Instruct, llama.cpp, JSON-schema constrained decoding), "
                           "temperature 0 (samples: 0.7 after the first), no cache, 1 llama.cpp thread",
