@@ -25,6 +25,7 @@ from dspy.utils.callback import BaseCallback
 
 from experiments.liveness import process_tags
 from experiments.tracking import RunTracker, _param_value
+from programs.trace import EVALUATIONS_ONLY
 
 __all__ = ["CandidateRuns", "candidate_runs"]
 
@@ -81,6 +82,8 @@ class CandidateRuns(BaseCallback):
 
     def __init__(self, tracker: RunTracker) -> None:
         super().__init__()
+        # Only evaluations matter here: the program calls inside them run without this callback.
+        setattr(self, EVALUATIONS_ONLY, True)
         self.tracker = tracker
         self._lock = threading.Lock()
         self._steps: defaultdict[str, int] = defaultdict(int)

@@ -26,12 +26,17 @@ from typing import Any
 
 import dspy
 
-__all__ = ["NodeCall", "attach", "calls_from_dspy_trace", "capture", "is_lm_failure", "node_calls",
-           "record_node_call"]
+__all__ = ["EVALUATIONS_ONLY", "NodeCall", "attach", "calls_from_dspy_trace", "capture", "is_lm_failure",
+           "node_calls", "record_node_call"]
 
 _RECORDER_KEY = "pipec_recorder"  # the dspy.settings key: DSPy copies settings into its worker threads
 _ATTACHED = "_pipec_node_calls"  # where a pipeline's Prediction carries its calls
 _NAME = "_pipec_name"  # a node's name in the program that last ran it
+# A DSPy callback with this attribute set listens to evaluations only (``dspy.Evaluate``): inside a
+# captured program call it is left out of ``dspy.settings.callbacks``. DSPy runs every active
+# callback around every module, adapter and LM call (``inspect.getcallargs`` and a uuid each),
+# about a millisecond per LM call for a callback that ignores them all.
+EVALUATIONS_ONLY = "pipec_evaluations_only"
 
 
 @dataclass
@@ -199,6 +204,7 @@ def capture(program: dspy.Module) -> Iterator[list[NodeCall]]:
 
     The yielded list is filled when the block ends (also when it raises), so calls that ran
     before a failure are kept. Captures nest: an enclosing capture sees the inner one's calls.
+    Callbacks marked :data:`EVALUATIONS_ONLY` are off inside the block.
     """
     parent = dspy.settings.get(_RECORDER_KEY)
     recorder = _Recorder(program, parent)
@@ -206,6 +212,9 @@ def capture(program: dspy.Module) -> Iterator[list[NodeCall]]:
     overrides: dict[str, Any] = {_RECORDER_KEY: recorder}
     if dspy.settings.trace is None:  # an optimizer's own trace (bootstrap) is left as it is
         overrides["trace"] = []
+    callbacks = dspy.settings.get("callbacks")
+    if callbacks and any(getattr(c, EVALUATIONS_ONLY, False) for c in callbacks):
+        overrides["callbacks"] = [c for c in callbacks if not getattr(c, EVALUATIONS_ONLY, False)]
     try:
         with dspy.context(**overrides):
             yield result

@@ -59,3 +59,32 @@ def test_node_names_are_named_predictors_names_and_skip_the_call_history():
     program = Nested()
     program.history = [{"messages": i} for i in range(50_000)]  # never walked
     assert sorted(_names(program).values()) == sorted(name for name, _ in program.named_predictors())
+
+
+def test_an_evaluations_only_callback_sees_evaluations_and_not_the_calls_inside_them():
+    from dspy.utils.callback import BaseCallback
+
+    from programs.trace import EVALUATIONS_ONLY
+
+    class Seen(BaseCallback):
+        def __init__(self):
+            self.events = []
+
+        def on_evaluate_start(self, call_id, instance, inputs):
+            self.events.append("evaluate")
+
+        def on_module_start(self, call_id, instance, inputs):
+            self.events.append("module")
+
+        def on_lm_start(self, call_id, instance, inputs):
+            self.events.append("lm")
+
+    only, every = Seen(), Seen()
+    setattr(only, EVALUATIONS_ONLY, True)
+    lm, _ = fake_lm(triage_respond)
+    devset = [dspy.Example(message="my parcel", category="shipping").with_inputs("message")]
+    with dspy.context(lm=lm.lm, adapter=lm.adapter, callbacks=[only, every]):
+        dspy.Evaluate(devset=devset, metric=lambda e, p, t=None: 1.0, display_progress=False)(Triage())
+        assert dspy.settings.callbacks == [only, every]  # left as it was
+    assert only.events == ["evaluate"]
+    assert every.events[0] == "evaluate" and every.events.count("lm") == 2 and "module" in every.events
