@@ -10,7 +10,7 @@ Where it lives: ``--store PATH``, else ``$PIPEC_STORE``, else ``$PIPEC_HOME/stor
     verdicts     a validator's judgement of a node call (source rule, judge, guard or human)
     labels       a human's pass/fail (and optional 1..5 score) on a node call
     corrections  a human's corrected output of a node call
-    embeddings   vectors of node calls, for retrieval
+    embeddings   vectors of node calls, for retrieval: a cache keyed by call, embedding and text digest
 
 Writes are batched (an Arrow table registered and inserted with ``INSERT ... SELECT``), each
 batch one transaction: a process killed mid-batch loses that batch only, and the file opens.
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,13 @@ def _m003_judge_agreement(con: Any) -> None:
     con.execute(f"CREATE OR REPLACE VIEW judge_agreement AS {JUDGE_AGREEMENT_SQL}")
 
 
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_m001_tables, _m002_views, _m003_judge_agreement)
+def _m004_embedding_text(con: Any) -> None:
+    """Embeddings are a cache: each vector keyed by its call, its embedding, and a digest of the text embedded."""
+    con.execute("ALTER TABLE embeddings ADD COLUMN IF NOT EXISTS text_sha VARCHAR")
+
+
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (_m001_tables, _m002_views, _m003_judge_agreement,
+                                                 _m004_embedding_text)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -355,6 +362,41 @@ def _make_encoder() -> Callable[[Any], str]:
 
 
 _encode = _make_encoder()
+
+
+def _make_batch_encoder() -> Callable[[Any], str | bytes]:
+    """The encoder of batch appends: orjson (a dependency of DSPy) where it can, else ``_encode``.
+
+    orjson writes UTF-8 bytes (Japanese as is, compact separators) several times faster than the
+    standard encoder. Objects it does not know go to the same ``_json_default``; datetimes (ISO
+    8601) and dataclasses (their fields) it writes itself; what it refuses (keys that are not
+    strings, integers beyond 64 bits) is written by ``_encode``. NaN becomes null (JSON has no NaN).
+    Options cost: orjson's option flags take a slower path, so none are set.
+    """
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - DSPy depends on orjson
+        return _encode
+    dumps, fallback = orjson.dumps, _encode
+    failure = orjson.JSONEncodeError
+
+    def encode(value: Any) -> str | bytes:
+        try:
+            return dumps(value, default=_json_default)
+        except failure:
+            return fallback(value)
+
+    return encode
+
+
+_encode_batch = _make_batch_encoder()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(value: datetime | None) -> int:
+    """Microseconds since the epoch (exact: no float on the way)."""
+    return (_utc(value) - _EPOCH) // _MICROSECOND
 
 
 def _json(value: Any) -> str | None:
@@ -505,14 +547,15 @@ class Store:
         import pyarrow as pa
 
         names = list(columns)
-        if not names or not columns[names[0]][1]:
+        if not names or not len(columns[names[0]][1]):
             return
-        batch = pa.table({name: pa.array(values, type=kind) for name, (kind, values) in columns.items()})
+        batch = pa.table({name: values if isinstance(values, pa.Array) else pa.array(values, type=kind)
+                          for name, (kind, values) in columns.items()})
         view = f"_pipec_batch_{table}"
         con.register(view, batch)
         try:
-            selected = ", ".join(f"CAST({n} AS JSON)" if kind == "json" else n
-                                 for n, kind in ((n, _JSON_COLUMNS.get((table, n))) for n in names))
+            selected = ", ".join(f"CAST({n} AS JSON)" if kind == "json" and batch.schema.field(n).type != _JSON_TYPE
+                                 else n for n, kind in ((n, _JSON_COLUMNS.get((table, n))) for n in names))
             con.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {selected} FROM {view}")
         finally:
             with contextlib.suppress(Exception):  # a failed insert aborted the transaction; the caller rolls back
@@ -535,36 +578,38 @@ class Store:
         Returns:
             The number of node-call rows written.
         """
+        import numpy as np
         import pyarrow as pa
 
-        text, ts, num, integer, flag = pa.string(), pa.timestamp("us", tz="UTC"), pa.float64(), pa.int32(), pa.bool_()
-        encode = _encode
+        if verdict_source not in _VERDICT_SOURCES:
+            raise StoreError(f"verdict source {verdict_source!r} is not one of: {', '.join(_VERDICT_SOURCES)}")
+        text, num, integer, flag = pa.string(), pa.float64(), pa.int32(), pa.bool_()
+        encode = _encode_batch
         traces = list(traces)
+        n_traces = len(traces)
         trace_ids = [str(t.trace_id) for t in traces]
-        created = [_utc(getattr(t, "started_at", None)) for t in traces]
-        # Few containers that outlive a line: each would count towards a full garbage collection,
-        # which walks the whole heap and costs more than the append itself.
+        micros = np.fromiter(map(_micros, map(_started_at, traces)), dtype=np.int64, count=n_traces)
+        # Column by column (one C-level map each): few containers outlive a line, so the append
+        # itself does not set off a full garbage collection (which walks the whole heap).
         per_trace = [getattr(t, "calls", None) or () for t in traces]
+        counts = np.fromiter(map(len, per_trace), dtype=np.int64, count=n_traces)
         calls = [c for cs in per_trace for c in cs]
-        counts = [len(cs) for cs in per_trace]
-        call_trace_ids = [tid for tid, n in zip(trace_ids, counts, strict=True) for _ in range(n)]
-        outputs = [getattr(t, "outputs", None) for t in traces]
+        call_trace_ids = list(_repeat_each(trace_ids, counts.tolist()))
         t_cols = {
             "trace_id": (text, trace_ids),
             "pipeline": (text, [getattr(t, "pipeline", None) for t in traces]),
             "program": (text, [program or getattr(t, "program", None) for t in traces]),
             "program_version": (text, [getattr(t, "program_version", None) for t in traces]),
-            "mlflow_run_id": (text, [mlflow_run_id] * len(traces)),
-            "source": (text, [source] * len(traces)),
-            "inputs": (text, [encode(t.inputs or {}) for t in traces]),
-            "outputs": (text, [None if o is None else encode(o) for o in outputs]),
+            "mlflow_run_id": (text, pa.nulls(n_traces, text) if mlflow_run_id is None
+                              else pa.array([mlflow_run_id] * n_traces, text)),
+            "source": (text, pa.array([source] * n_traces, text)),
+            "inputs": (text, _json_array([encode(t.inputs or {}) for t in traces])),
+            "outputs": (text, _json_array([encode(t.outputs) for t in traces])),
             "error": (text, [getattr(t, "error", None) for t in traces]),
             "error_kind": (text, [getattr(t, "error_kind", None) for t in traces]),
             "seconds": (num, [float(getattr(t, "seconds", 0.0) or 0.0) for t in traces]),
-            "created_at": (ts, created),
+            "created_at": (_TS, _timestamps(micros)),
         }
-        # Column by column (one C-level map each): no per-row container outlives its line, so the
-        # append itself does not set off a full garbage collection.
         got = {name: list(map(attrgetter(name), calls)) for name in _CALL_FIELDS}
         c_cols = {
             "call_id": (text, [f"{tid}/{p}" for tid, p in zip(call_trace_ids, got["position"], strict=True)]),
@@ -572,24 +617,23 @@ class Store:
             "node": (text, got["node"]),
             "kind": (text, got["kind"]),
             "position": (integer, got["position"]),
-            "inputs": (text, list(map(encode, got["inputs"]))),
-            "outputs": (text, [None if o is None else encode(o) for o in got["outputs"]]),
+            "inputs": (text, _json_array(list(map(encode, got["inputs"])))),
+            "outputs": (text, _json_array([None if o is None else encode(o) for o in got["outputs"]])),
             "output_field": (text, got["output_field"]),
             "error": (text, got["error"]),
             "seconds": (num, got["seconds"]),
             "lm_calls": (integer, got["lm_calls"]),
             "prompt_tokens": (integer, got["prompt_tokens"]),
             "completion_tokens": (integer, got["completion_tokens"]),
-            "demos": (text, [encode(d) if d else "[]" for d in got["demos"]]),
-            "created_at": (ts, [at for at, n in zip(created, counts, strict=True) for _ in range(n)]),
+            "demos": (text, _json_array([encode(d) if d else b"[]" for d in got["demos"]])),
+            "created_at": (_TS, _timestamps(np.repeat(micros, counts))),
             "lm_error": (flag, [bool(e) for e in got["lm_error"]]),
         }
-        if verdict_source not in _VERDICT_SOURCES:
-            raise StoreError(f"verdict source {verdict_source!r} is not one of: {', '.join(_VERDICT_SOURCES)}")
         # The verdict id is the call (or trace and node), validator and source: the same verdict
         # appended twice is refused.
-        ids, v_trace, v_call, v_node, v_validator, judged_by, v_at = [], [], [], [], [], [], []
-        for trace_id, at, cs in zip(trace_ids, created, per_trace, strict=True):
+        ids, v_trace, v_call, v_node, v_validator, judged_by, v_trace_index = [], [], [], [], [], [], []
+        suffix = f":{verdict_source}"
+        for index, (trace_id, cs) in enumerate(zip(trace_ids, per_trace, strict=True)):
             judged = verdicts.get(trace_id) if verdicts else None
             if not judged:
                 continue
@@ -598,22 +642,24 @@ class Store:
                 call_id = last_call.get(node)
                 per_validator = verdict.items() if isinstance(verdict, Mapping) else (("node", verdict),)
                 for validator, one in per_validator:
-                    ids.append(f"{call_id or f'{trace_id}/{node}'}:{validator}:{verdict_source}")
+                    ids.append(f"{call_id or f'{trace_id}/{node}'}:{validator}{suffix}")
                     v_trace.append(trace_id)
                     v_call.append(call_id)
                     v_node.append(node)
                     v_validator.append(validator)
                     judged_by.append(one)
-                    v_at.append(at)
+                    v_trace_index.append(index)
+        n_verdicts = len(ids)
         v_cols = {
             "verdict_id": (text, ids), "trace_id": (text, v_trace), "call_id": (text, v_call),
-            "node": (text, v_node), "validator": (text, v_validator), "source": (text, [verdict_source] * len(ids)),
+            "node": (text, v_node), "validator": (text, v_validator),
+            "source": (text, pa.array([verdict_source] * n_verdicts, text)),
             "score": (num, [None if v.score is None else float(v.score) for v in judged_by]),
             "passed": (flag, [bool(v.passed) for v in judged_by]),
             "counted": (flag, [bool(v.counted) for v in judged_by]),
             "feedback": (text, [v.feedback for v in judged_by]),
-            "details": (text, [encode(v.details) if v.details else "{}" for v in judged_by]),
-            "created_at": (ts, v_at),
+            "details": (text, _json_array([encode(v.details) if v.details else b"{}" for v in judged_by])),
+            "created_at": (_TS, _timestamps(micros[np.asarray(v_trace_index, dtype=np.int64)])),
         }
         with self._transaction() as con:
             self._insert(con, "traces", t_cols)
@@ -717,19 +763,71 @@ class Store:
                          _utc(created_at)])
         return correction_id
 
-    def add_embeddings(self, call_ids: Sequence[str], embedding: str, vectors: Sequence[Sequence[float]]) -> int:
-        """Appends one batch of vectors (``embedding`` names the model) for node calls."""
+    def add_embeddings(self, call_ids: Sequence[str], embedding: str, vectors: Any,
+                       text_shas: Sequence[str | None] | None = None) -> int:
+        """Appends one batch of vectors (``embedding`` names the model) for node calls.
+
+        Args:
+            call_ids: The node calls.
+            embedding: The embedding's name.
+            vectors: One vector per call (a 2-D array, or sequences of floats).
+            text_shas: The digest of each text embedded (``embedding_vectors`` finds a vector by it).
+        """
+        import numpy as np
         import pyarrow as pa
 
         if len(call_ids) != len(vectors):
             raise StoreError(f"{len(call_ids)} call ids for {len(vectors)} vectors")
+        if text_shas is not None and len(text_shas) != len(call_ids):
+            raise StoreError(f"{len(call_ids)} call ids for {len(text_shas)} text digests")
+        if not len(call_ids):
+            return 0
+        rows = [np.asarray(v, dtype=np.float32).reshape(-1) for v in vectors]
+        lengths = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
+        offsets = np.concatenate([np.zeros(1, dtype=np.int32), np.cumsum(lengths, dtype=np.int32)])
+        flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.float32)
         now = _now()
         with self._transaction() as con:
             self._insert(con, "embeddings", {
                 "call_id": (pa.string(), list(call_ids)), "embedding": (pa.string(), [embedding] * len(call_ids)),
-                "vector": (pa.list_(pa.float32()), [list(map(float, v)) for v in vectors]),
-                "created_at": (pa.timestamp("us", tz="UTC"), [now] * len(call_ids))})
+                "vector": (pa.list_(pa.float32()), pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))),
+                "created_at": (pa.timestamp("us", tz="UTC"), [now] * len(call_ids)),
+                "text_sha": (pa.string(), list(text_shas) if text_shas is not None else [None] * len(call_ids))})
         return len(call_ids)
+
+    def embedding_vectors(self, embedding: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """The stored vectors of ``embedding`` for ``(call_id, text_sha)`` keys: ``{key: float32 array}``.
+
+        One join of the keys (an Arrow table) with the embeddings table; keys without a vector are
+        absent from the answer.
+        """
+        import numpy as np
+        import pyarrow as pa
+
+        if not keys:
+            return {}
+        wanted = pa.table({"call_id": pa.array([k[0] for k in keys], pa.string()),
+                           "text_sha": pa.array([k[1] for k in keys], pa.string())})
+        view = "_pipec_embedding_keys"
+        with self._lock:
+            con = self._open_connection()
+            con.register(view, wanted)
+            try:
+                found = con.sql(
+                    f"SELECT e.call_id, e.text_sha, any_value(e.vector) AS vector FROM embeddings e "
+                    f"SEMI JOIN {view} k ON k.call_id = e.call_id AND k.text_sha = e.text_sha "
+                    "WHERE e.embedding = $embedding GROUP BY e.call_id, e.text_sha",
+                    params={"embedding": embedding}).to_arrow_table()
+            finally:
+                with contextlib.suppress(Exception):
+                    con.unregister(view)
+        if not found.num_rows:
+            return {}
+        column = found.column("vector").combine_chunks()
+        offsets = column.offsets.to_numpy()
+        flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        ids, shas = found.column("call_id").to_pylist(), found.column("text_sha").to_pylist()
+        return {(ids[i], shas[i]): flat[offsets[i]:offsets[i + 1]] for i in range(found.num_rows)}
 
 
 _CALL_FIELDS = ("node", "kind", "position", "inputs", "outputs", "output_field", "error", "seconds", "lm_calls",
@@ -741,6 +839,51 @@ _CALL_COLUMNS = ("call_id", "trace_id", "node", "kind", "position", "inputs", "o
 _VERDICT_COLUMNS = ("verdict_id", "trace_id", "call_id", "node", "validator", "source", "score", "passed",
                     "counted", "feedback", "details", "created_at")
 _VERDICT_SOURCES = ("rule", "judge", "guard", "human")
+def _started_at(trace: Any) -> datetime | None:
+    return getattr(trace, "started_at", None)
+
+
+def _repeat_each(values: Sequence[Any], counts: Sequence[int]) -> Iterator[Any]:
+    for value, count in zip(values, counts, strict=True):
+        yield from itertools.repeat(value, count)
+
+
+def _arrow_types() -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    return pa.timestamp("us", tz="UTC"), pa.json_()
+
+
+_TS, _JSON_TYPE = _arrow_types()
+
+
+def _timestamps(micros: Any) -> Any:
+    """An Arrow UTC timestamp column from microseconds since the epoch (no datetime objects)."""
+    import pyarrow as pa
+
+    return pa.array(micros, pa.int64()).cast(_TS)
+
+
+def _json_array(encoded: list[str | bytes | None]) -> Any:
+    """Encoded JSON texts as an Arrow ``json`` column: DuckDB takes it as JSON, no text-to-JSON cast.
+
+    The column is made from one joined buffer and its offsets, not value by value.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    nulls = None
+    if None in encoded:
+        nulls = pa.py_buffer(np.packbits([v is not None for v in encoded], bitorder="little"))
+        encoded = [b"" if v is None else v for v in encoded]
+    parts = [v.encode("utf-8") if isinstance(v, str) else v for v in encoded]
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=offsets[1:])
+    storage = pa.LargeStringArray.from_buffers(len(parts), pa.py_buffer(offsets), pa.py_buffer(b"".join(parts)),
+                                               nulls)
+    return pa.ExtensionArray.from_storage(_JSON_TYPE, storage.cast(pa.string()))
+
+
 _JSON_COLUMNS = {(t, c): "json" for t, c in (("traces", "inputs"), ("traces", "outputs"), ("node_calls", "inputs"),
                                              ("node_calls", "outputs"), ("node_calls", "demos"),
                                              ("verdicts", "details"))}

@@ -30,7 +30,7 @@ CONTRACT = {
     "labels": ["label_id", "trace_id", "call_id", "node", "validator", "reviewer", "passed", "score", "comment",
                "created_at"],
     "corrections": ["correction_id", "trace_id", "call_id", "node", "reviewer", "outputs", "comment", "created_at"],
-    "embeddings": ["call_id", "embedding", "vector", "created_at"],
+    "embeddings": ["call_id", "embedding", "vector", "created_at", "text_sha"],
 }
 
 
@@ -131,6 +131,26 @@ def test_embeddings_append_as_float_lists(tmp_path):
         rows = store.query("SELECT call_id, embedding, vector FROM embeddings ORDER BY call_id")
         assert rows == [{"call_id": "t1/0", "embedding": "hash-256", "vector": [0.5, 0.25]},
                         {"call_id": "t1/1", "embedding": "hash-256", "vector": [1.0, 0.0]}]
+
+
+def test_stored_vectors_are_found_by_call_embedding_and_text_digest(tmp_path):
+    import numpy as np
+
+    vectors = np.array([[0.5, -0.25, 0.0], [1.0, 0.0, 2.5]], dtype=np.float32)
+    with Store.open(tmp_path / "s.duckdb") as store:
+        store.append_traces([triage_trace("t1", "カードが届きません", "billing", "ok")])
+        assert store.add_embeddings(["t1/0", "t1/1"], "hash", vectors, text_shas=["aa", "bb"]) == 2
+        store.add_embeddings(["t1/0"], "minilm", vectors[1:], text_shas=["aa"])
+        store.add_embeddings(["t1/1"], "hash", vectors[:1], text_shas=["bb"])  # stored twice: one answer
+    with Store.open(tmp_path / "s.duckdb", read_only=True) as store:  # a reader finds them too
+        found = store.embedding_vectors("hash", [("t1/0", "aa"), ("t1/1", "bb"), ("t1/0", "other text"),
+                                                 ("t9/0", "aa")])
+        assert set(found) == {("t1/0", "aa"), ("t1/1", "bb")}
+        assert found[("t1/0", "aa")].dtype == np.float32 and np.array_equal(found[("t1/0", "aa")], vectors[0])
+        assert np.array_equal(store.embedding_vectors("minilm", [("t1/0", "aa")])[("t1/0", "aa")], vectors[1])
+        assert store.embedding_vectors("hash", []) == {} and store.embedding_vectors("nope", [("t1/0", "aa")]) == {}
+    with Store.open(tmp_path / "s.duckdb") as store, pytest.raises(StoreError, match="1 call ids for 2 text digests"):
+        store.add_embeddings(["t1/0"], "hash", vectors[:1], text_shas=["aa", "bb"])
 
 
 def test_a_reader_cannot_write(tmp_path):
