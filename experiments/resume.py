@@ -2,7 +2,8 @@
 
 A compile run records the request it was given (the ``options.*`` params: pipeline, optimizer,
 ``--param`` values, LM, seed, threads, dataset paths) beside the datasets' content hashes. Resuming
-reads them back, checks that every dataset still hashes the same, and runs the same compile with
+reads them back, checks that every dataset still hashes the same (a ``store:`` trainset: that the
+flywheel store still yields the same rows, by count and content hash), and runs the same compile with
 the same seed as a new run tagged ``pipec.resumed_from``. DSPy's response cache (on by default,
 on disk) answers every LM call the first run completed, so those are not paid again; only the
 calls that were in flight when the run died, and the ones it never reached, go to the LM.
@@ -79,6 +80,48 @@ def _check_dataset(kind: str, path: str | None, recorded: str | None, pipeline: 
                            "restore it to resume, or start a new compile", path=path)
 
 
+def _same_store_rows(kind: str, spec: str, params: Mapping[str, str], pipeline: Any, pipeline_name: str,
+                     run_id: str) -> dict[str, str]:
+    """Checks that the flywheel store still yields the rows run ``run_id`` trained on (count and
+    sha256, as the run recorded them); returns the options that read exactly those rows again: the
+    store file the run read and the spec with its pipeline filter spelled out.
+
+    Raises:
+        DatasetError: The store is gone, or its rows for ``spec`` changed.
+        ConfigError: The run does not record which store rows it used.
+    """
+    from experiments.datasets import load_dataset
+    from experiments.store import parse_store_spec
+    from programs.errors import ConfigError, DatasetError
+
+    store, rows, digest = (params.get(f"{kind}.store.state.path"), params.get(f"{kind}.store.rows"),
+                           params.get(f"{kind}.sha256"))
+    if not (store and rows and digest):
+        raise ConfigError(f"--resume {run_id}: the run does not record which store rows its {kind} {spec} used; "
+                          "start a new compile with the same flags")
+    if not Path(store).is_file():
+        raise DatasetError(f"the flywheel store of run {run_id} is gone; restore it to resume, or start a new "
+                           "compile", path=store)
+    found = parse_store_spec(spec)
+    found.pipeline = found.pipeline or params.get(f"{kind}.store.filter.pipeline") or pipeline_name
+    same = "store:" + ",".join((["approved"] if found.approved else [])
+                               + [f"{key}={value}" for key, value in (("node", found.node),
+                                                                      ("pipeline", found.pipeline)) if value])
+    where = f"{store}#{spec}"
+    try:
+        now = load_dataset(same, pipeline, store=store)
+    except DatasetError as exc:  # no rows any more, or rows the pipeline cannot take
+        changed = f"none that load: {exc}"
+    else:
+        changed = None if (len(now), now.digest) == (int(rows), digest) else \
+            f"{len(now)} rows, sha256 {now.digest[:12]}"
+    if changed is not None:
+        raise DatasetError(f"the {kind} rows changed since run {run_id} (then {rows} rows, sha256 {digest[:12]}; "
+                           f"now {changed}): resume trains on the same rows; start a new compile to train on the "
+                           "store as it is", path=where)
+    return {kind: same, "store": store}
+
+
 def resume_options(run_id: str, overrides: Mapping[str, Any] | None = None) -> Any:
     """The ``CompileOptions`` that re-run compile run ``run_id``, its datasets checked unchanged.
 
@@ -89,7 +132,8 @@ def resume_options(run_id: str, overrides: Mapping[str, Any] | None = None) -> A
     Raises:
         TrackingStoreError: The tracking URI names a store that cannot be opened.
         ConfigError: No such run, not a compile run, or one recorded without its options.
-        DatasetError: A dataset is missing or its content hash differs from the recorded one.
+        DatasetError: A dataset is missing or its content hash differs from the recorded one; a
+            ``store:`` trainset's store is gone or yields other rows (count or content hash).
     """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -112,15 +156,18 @@ def resume_options(run_id: str, overrides: Mapping[str, Any] | None = None) -> A
                           "start a new compile with the same flags")
     options = json.loads(params[OPTIONS_PARAM])
     pipeline = make_pipeline(options["pipeline"])
-    trainset = options.get("trainset")
-    if not (isinstance(trainset, str) and trainset.startswith("store:")):  # the flywheel store: no file to hash
-        _check_dataset("trainset", trainset or params.get("trainset.path"), params.get("trainset.sha256"), pipeline,
-                       run_id)
-    _check_dataset("valset", options.get("valset"), params.get("valset.sha256"), pipeline, run_id)
+    same_rows: dict[str, str] = {}
+    for kind in ("trainset", "valset"):
+        value = options.get(kind)
+        if isinstance(value, str) and value.startswith("store:"):  # the flywheel store: its rows, not a file
+            same_rows.update(_same_store_rows(kind, value, params, pipeline, options["pipeline"], run_id))
+        else:
+            path = value or (params.get("trainset.path") if kind == "trainset" else None)
+            _check_dataset(kind, path, params.get(f"{kind}.sha256"), pipeline, run_id)
     extra_tags = {RESUMED_FROM_TAG: run_id}
     if tags.get("pipec.demo"):
         extra_tags["pipec.demo"] = tags["pipec.demo"]
     known = {f.name for f in dataclasses.fields(CompileOptions)} - set(_NOT_RECORDED)
     recorded = {k: v for k, v in options.items() if k in known}
     recorded["params"] = tuple(recorded.get("params") or ())
-    return CompileOptions(**recorded, extra_tags=extra_tags, **dict(overrides or {}))
+    return CompileOptions(**{**recorded, **same_rows, "extra_tags": extra_tags, **dict(overrides or {})})

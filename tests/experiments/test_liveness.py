@@ -2,7 +2,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -16,9 +15,8 @@ from experiments.liveness import (
     process_start,
     process_tags,
 )
-from tests.experiments.test_runs import SLOW_PIPELINE
-
-TRIAGE = Path(__file__).resolve().parents[2] / "programs" / "data" / "triage.jsonl"
+from tests.http_server import free_port
+from tests.killing import SLOW_PIPELINE, TRIAGE
 
 
 def _dead_pid() -> int:
@@ -69,13 +67,6 @@ def test_mark_killed_runs_ends_only_this_host_s_runs_whose_process_is_gone():
     assert mark_killed_runs("pipec runs list") == []  # already ended: nothing to do twice
 
 
-def _closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _bad_uris(tmp_path):
     """Mistyped tracking URIs, one of each kind, and a word of the fix each error line must give."""
     (tmp_path / "store").mkdir()
@@ -86,8 +77,8 @@ def _bad_uris(tmp_path):
         "a missing directory": (f"sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}",
                                 f"mkdir -p {tmp_path / 'no' / 'such'}"),
         "a file as a directory": (f"sqlite:///{tmp_path / 'notes.txt' / 'mlflow.db'}", "is a file, not a directory"),
-        "nothing listens": (f"http://127.0.0.1:{_closed_port()}", "nothing listens there"),
-        "a database server nothing listens on": (f"postgresql://pipec:hunter2@127.0.0.1:{_closed_port()}/runs",
+        "nothing listens": (f"http://127.0.0.1:{free_port()}", "nothing listens there"),
+        "a database server nothing listens on": (f"postgresql://pipec:hunter2@127.0.0.1:{free_port()}/runs",
                                                  "start the postgresql server"),
         "the file store": (str(tmp_path / "mlruns"), "use a database such as sqlite:///"),
         "an unknown scheme": (f"sqlit:///{tmp_path / 'mlflow.db'}", "unknown scheme 'sqlit'"),

@@ -1,15 +1,12 @@
 """The preflight: no key, an unknown provider, a rejected key or a dead --api-base is found before
 a run exists; the embedded LM is not called; a transient failure does not stop the job.
 
-The OpenAI-compatible endpoint here is a real HTTP server on 127.0.0.1 (stdlib), answering with
+The OpenAI-compatible endpoint here is a real HTTP server on 127.0.0.1 (tests.http_server), answering with
 a fixed status so each case is exact."""
 
 from __future__ import annotations
 
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -17,6 +14,7 @@ from experiments.lm import make_lm
 from experiments.preflight import lms_in, preflight
 from programs.errors import LMAuthError, LMNotFoundError, LMUnreachableError
 from tests.fakes import fake_lm, triage_respond
+from tests.http_server import free_port, json_server
 
 ANSWER = {"id": "c1", "object": "chat.completion", "created": 0, "model": "served",
           "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
@@ -28,29 +26,15 @@ def endpoint():
     """An OpenAI-compatible /v1 on a free port answering ``state["status"]``; requests are kept."""
     state = {"status": 200, "requests": []}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state["requests"].append({"body": body, "auth": self.headers.get("Authorization")})
-            status = state["status"]
-            payload = ANSWER if status == 200 else {"error": {"message": f"status {status}", "code": None}}
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(path, headers, body):
+        state["requests"].append({"body": json.loads(body), "auth": headers.get("Authorization")})
+        status = state["status"]
+        payload = ANSWER if status == 200 else {"error": {"message": f"status {status}", "code": None}}
+        return status, json.dumps(payload).encode()
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state["base"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield state
-    server.shutdown()
-    server.server_close()
+    with json_server(answer) as base:
+        state["base"] = f"{base}/v1"
+        yield state
 
 
 def test_a_working_endpoint_answers_one_tiny_uncached_request(endpoint):
@@ -85,9 +69,7 @@ def test_a_transient_failure_is_noted_not_fatal(endpoint, monkeypatch):
 
 
 def test_a_dead_api_base_is_unreachable():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        base = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    base = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(LMUnreachableError, match=f"cannot reach {base}"):
         preflight(lms_in(("--judge-lm", make_lm("served", api_base=base, flag="--judge-lm"))))
 

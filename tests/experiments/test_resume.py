@@ -1,19 +1,15 @@
 """``pipec compile --resume``: a killed compile re-run from its record, LM calls answered by the cache."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.experiments.test_runs import SLOW_PIPELINE, running_run, start_compile, wait_for
+from tests.killing import SLOW_PIPELINE, TRIAGE, kill_compile, pipec, slow_env, start_compile
 
-TRIAGE = Path(__file__).resolve().parents[2] / "programs" / "data" / "triage.jsonl"
 FLAGS = ("--optimizer", "bootstrap-rs", "--param", "num_candidate_programs=2", "--threads", "2", "--seed", "3")
 
 
@@ -22,12 +18,7 @@ def compile_flags(trainset: Path) -> list[str]:
 
 
 def run_pipec(tmp_path: Path, *args: str, log: str, cache: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SLOW_LM_LATENCY": "0.02", "SLOW_LM_LOG": str(tmp_path / log),
-           "DSPY_CACHEDIR": str(tmp_path / cache)}
-    done = subprocess.run([sys.executable, "-m", "experiments", *args], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=600)
-    assert not check or done.returncode == 0, done.stderr[-3000:]
-    return done
+    return pipec(*args, env=slow_env(tmp_path, log, cache, "0.02"), cwd=tmp_path, check=check)
 
 
 def lines(path: Path) -> list[str]:
@@ -45,16 +36,8 @@ def test_resume_of_a_killed_compile_redoes_only_the_calls_in_flight(tmp_path):
 
     # The same compile killed halfway through its LM calls.
     process = start_compile(tmp_path, *FLAGS, log="first.log", cache="cache", trainset=str(trainset))
-    try:
-        run = wait_for(lambda: running_run(process.pid), process, "its run was RUNNING")
-        wait_for(lambda: len(lines(tmp_path / "first.log")) >= len(uninterrupted) // 2, process,
-                 "half of its LM calls were made")
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    run = kill_compile(process, lambda: len(lines(tmp_path / "first.log")) >= len(uninterrupted) // 2,
+                       "half of its LM calls were made")
     before_kill = lines(tmp_path / "first.log")
 
     resumed = json.loads(run_pipec(tmp_path, "compile", "--resume", run.info.run_id, "--json", log="second.log",
@@ -99,3 +82,60 @@ def test_resume_refuses_a_changed_dataset_and_extra_flags(tmp_path):
 def test_resume_of_an_unknown_run_is_one_line(tmp_path):
     done = run_pipec(tmp_path, "compile", "--resume", "0123456789abcdef", log="c.log", cache="cache", check=False)
     assert done.returncode == 2 and "--resume 0123456789abcdef: no such run" in done.stderr
+
+
+def test_resume_of_a_store_trainset_needs_the_same_store_rows(tmp_path, monkeypatch):
+    """A compile that trained on the flywheel store resumes only on the rows it trained on: the same
+    rows resume (read from the store file the run read); a correction (same count, other content)
+    or a new trace (another count) is one line, exit 2, and no run."""
+    from click.testing import CliRunner
+
+    from experiments.cli import cli
+    from experiments.compile import CompileOptions, compile_pipeline
+    from experiments.resume import resume_options
+    from experiments.store import Store
+    from tests.fakes import fake_lm, triage_respond
+    from tests.store_traces import triage_trace
+
+    store = tmp_path / "flywheel.duckdb"
+    rows = [json.loads(line) for line in TRIAGE.read_text(encoding="utf-8").splitlines()[::8][:6]]
+    with Store.open(store) as opened:  # six recorded triage calls, one per bundled example
+        opened.append_traces([triage_trace(f"t{i}", row["message"], row["category"], row["reply"])
+                              for i, row in enumerate(rows)], {})
+    lm, _ = fake_lm(triage_respond)
+    first = compile_pipeline(CompileOptions("triage", "bootstrap", trainset="store:", store=str(store), lm=lm, seed=1,
+                                            progress=False, out=str(tmp_path / "first.json")))
+    run_id = first["run_id"]
+
+    (tmp_path / "elsewhere").mkdir()  # another working directory and no --store: the run's store is read
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    opts = resume_options(run_id, {"lm": lm, "out": str(tmp_path / "again.json"), "progress": False})
+    assert (opts.trainset, opts.store) == ("store:pipeline=triage", str(store))
+    again = compile_pipeline(opts)
+    client = MlflowClient()
+    before, after = client.get_run(run_id), client.get_run(again["run_id"])
+    assert after.data.tags["pipec.resumed_from"] == run_id and after.info.status == "FINISHED"
+    for param in ("trainset.sha256", "trainset.store.rows", "trainset.store.trace_ids_sha256"):
+        assert after.data.params[param] == before.data.params[param]
+    assert (again["baseline"]["score"], again["compiled"]["score"]) == (first["baseline"]["score"],
+                                                                        first["compiled"]["score"])
+    digest = before.data.params["trainset.sha256"]
+
+    def refused(now: str) -> None:
+        done = CliRunner().invoke(cli, ["compile", "--resume", run_id, "--out", str(tmp_path / "refused.json")])
+        assert done.exit_code == 2, done.output
+        [line] = [line for line in done.output.splitlines() if line.startswith("Error:")]
+        assert line.startswith(f"Error: {store}#store:: the trainset rows changed since run {run_id} (then 6 rows, "
+                               f"sha256 {digest[:12]}; now {now}")
+        assert line.endswith("start a new compile to train on the store as it is")
+        assert not (tmp_path / "refused.json").exists()
+
+    with Store.open(store) as opened:  # a reviewer corrects a label: the same count, other content
+        opened.add_correction("t0", {"category": "refund"}, node="classify", reviewer="ann", comment="返金の件")
+    refused("6 rows, sha256 ")
+    with Store.open(store) as opened:  # one more recorded trace: another count
+        opened.append_traces([triage_trace("t6", "アプリがエラーで起動しません。", "technical",
+                                           "ご不便をおかけしています。再インストールをお試しください。")], {})
+    refused("7 rows, sha256 ")
+    runs = client.search_runs([before.info.experiment_id], filter_string="tags.`pipec.kind` = 'compile'")
+    assert len(runs) == 2  # the first compile and its resume; none for the refused ones

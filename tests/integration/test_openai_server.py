@@ -12,14 +12,12 @@ import importlib.util
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from experiments.cli import cli
+from tests.http_server import free_port, json_server
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +38,6 @@ if _missing is not None:
 MODEL = "smollm2"  # the alias the server gives the embedded GGUF
 READY_SECONDS = 180  # bound on the server's start (model load) on a loaded two-core machine
 TRAIN, VAL = 2, 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:
@@ -97,49 +90,28 @@ class LlamaServer:
 
 
 class FlakyProxy:
-    """A stdlib HTTP proxy to ``target`` that answers every ``every``-th request with 503."""
+    """A proxy to ``target`` on 127.0.0.1 that answers every ``every``-th request with 503."""
 
     def __init__(self, target: str, every: int) -> None:
         self.requests = self.faults = 0
-        lock = threading.Lock()
-        proxy = self
+        self._lock = threading.Lock()
+        self._target, self._every = target, every
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with lock:
-                    proxy.requests += 1
-                    fail = proxy.requests % every == 0
-                    proxy.faults += fail
-                if fail:
-                    self._answer(503, b'{"error": {"message": "overloaded, try again"}}')
-                    return
-                forward = urllib.request.Request(target + self.path.removeprefix("/v1"), data=body, method="POST",
-                                                 headers={k: v for k, v in self.headers.items()
-                                                          if k.lower() in ("content-type", "authorization")})
-                try:
-                    with urllib.request.urlopen(forward, timeout=300) as response:
-                        self._answer(response.status, response.read())
-                except urllib.error.HTTPError as exc:
-                    self._answer(exc.code, exc.read())
-
-            def _answer(self, status: int, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, path: str, headers, body: bytes) -> tuple[int, bytes]:
+        with self._lock:
+            self.requests += 1
+            fail = self.requests % self._every == 0
+            self.faults += fail
+        if fail:
+            return 503, b'{"error": {"message": "overloaded, try again"}}'
+        forward = urllib.request.Request(self._target + path.removeprefix("/v1"), data=body, method="POST",
+                                         headers={k: v for k, v in headers.items()
+                                                  if k.lower() in ("content-type", "authorization")})
+        try:
+            with urllib.request.urlopen(forward, timeout=300) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
 
 
 def write_data(folder: Path) -> tuple[Path, Path]:
@@ -222,10 +194,8 @@ def test_a_503_every_fifth_call_is_retried_and_the_compile_is_the_same(fault_fre
     monkeypatch.setenv("PIPEC_API_KEY", server.api_key)
     for name, value in SMALL.items():
         monkeypatch.setenv(name, value)
-    try:
-        result = CliRunner().invoke(cli, compile_args(proxy.base, tmp_path, "program.json"), catch_exceptions=False)
-    finally:
-        proxy.stop()
+    with json_server(proxy.answer) as base:
+        result = CliRunner().invoke(cli, compile_args(f"{base}/v1", tmp_path, "program.json"), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert proxy.faults >= 1 and proxy.requests >= fault_free["posts"] + proxy.faults
     flaky, clean = json.loads(result.stdout), fault_free["result"]
