@@ -122,18 +122,29 @@ class _Tracker(UsageTracker):
 
 
 class _Gate(BaseCallback):
-    """DSPy callback: refuses an LM call before it starts when it would go over a cap, and holds
-    its reservation until its usage is charged (or it ends without usage)."""
+    """DSPy callback: refuses an LM call before it starts when it could go over a cap of any
+    budget in force (nested ``track()`` blocks: the outer budgets first), and holds the call's
+    reservations until its usage is charged (or it ends without usage). One gate serves every
+    budget in force, so a refusal by one releases what the others had reserved."""
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budgets: tuple[Budget, ...]) -> None:
         super().__init__()
-        self.budget = budget
+        self.budgets = budgets
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        self.budget._reserve(call_id, instance, inputs)  # raises BudgetStop
+        held: list[Budget] = []
+        try:
+            for budget in self.budgets:
+                budget._reserve(call_id, instance, inputs)  # raises BudgetStop
+                held.append(budget)
+        except BaseException:
+            for budget in held:
+                budget._release(call_id)
+            raise
 
     def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-        self.budget._release(call_id)
+        for budget in self.budgets:
+            budget._release(call_id)
 
 
 MESSAGE_TOKENS = 8  # chat-template tokens reserved per message (role markers, separators)
@@ -391,13 +402,17 @@ class Budget:
         """Counts and gates every DSPy LM call inside the block (on every thread DSPy uses).
 
         Re-entrant: inside a block of the same budget, a nested ``track()`` changes nothing (each
-        call is counted once)."""
-        current = dspy.settings.usage_tracker
-        if isinstance(current, _Tracker) and current.budget is self:
+        call is counted once). Inside another budget's block both count every call, and a call
+        runs only when it fits both."""
+        callbacks = list(dspy.settings.callbacks)
+        gates = [c for c in callbacks if isinstance(c, _Gate)]
+        outer = gates[-1].budgets if gates else ()
+        if self in outer:
             yield self
             return
-        tracker = _Tracker(self, current)
-        with dspy.context(usage_tracker=tracker, callbacks=[*dspy.settings.callbacks, _Gate(self)]):
+        tracker = _Tracker(self, dspy.settings.usage_tracker)
+        callbacks = [c for c in callbacks if not isinstance(c, _Gate)] + [_Gate((*outer, self))]
+        with dspy.context(usage_tracker=tracker, callbacks=callbacks):
             yield self
 
     def describe(self) -> str:

@@ -227,3 +227,17 @@ def test_a_nested_track_counts_each_call_once():
             with budget.track():
                 ask(2)
     assert budget.calls == usage.calls == 3
+
+
+def test_nested_budgets_both_count_and_a_refusal_by_the_inner_leaves_nothing_held_by_the_outer():
+    lm, engine = sized_lm()
+    outer, inner = Budget(max_lm_calls=10, max_tokens=10**6), Budget(max_lm_calls=2)
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), outer.track():
+        with inner.track(), pytest.raises(BudgetStop, match="2/2 LM calls"):
+            ask(5)
+        assert (outer.calls, inner.calls, outer.refused, inner.refused) == (2, 2, 0, 1)
+        assert outer._in_flight == 0 and outer._reserved_tokens == 0 and outer._open == {}
+        ask(3)  # the outer budget alone, on the same thread: nothing left waiting or held
+        with outer.track():  # re-entered: still one count per call
+            ask(1)
+    assert outer.calls == len(engine.requests) == 6 and outer.tokens == engine.spent
