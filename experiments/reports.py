@@ -146,7 +146,7 @@ def log_node_reports(tracker: RunTracker, stage: str, pipeline: Pipeline, report
         stem = f"evaluation/{stage}_{_metric_name(name).replace('/', '_')}"
         text = json.dumps(classification.as_dict(), ensure_ascii=False, indent=2)
         tracker.text(text, f"{stem}_classification.json")
-        # Drawing takes a few hundred ms of matplotlib: done by the writer, while the compile goes on.
+        # Drawn by the writer (a few ms with Pillow), while the compile goes on.
         _log_bytes(tracker, functools.partial(confusion_png, classification, f"{name} ({stage})"),
                    f"{stem}_confusion.png")
     return details
