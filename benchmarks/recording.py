@@ -7,7 +7,9 @@
    line). One call of each in turn (ABBA), after a warm-up; the figure is the difference of the
    per-call medians, in milliseconds.
 2. Retrieval from the store: a store holding 100,000 corrected node calls (Banking77 messages,
-   and pairs of them); a ``LivePool`` over it (``hash`` embedding, k=8) is built once, then for
+   and pairs of them); a ``LivePool`` over it (``hash`` embedding, k=8) is built once (every row
+   embedded, the vectors stored in the store's embeddings table), then built again as the next
+   process would (the vectors read back, none embedded); then, over that pool, for
    each query new corrections are saved first (one of them a near-duplicate of the query), and
    the timed selection takes them in: the cursor check, reading and embedding only the new rows,
    the recency-weighted search over the whole matrix. ``fresh_hits`` counts the queries whose
@@ -152,10 +154,17 @@ def _retrieval(size: int, queries: int, added_per_query: int) -> dict[str, Any]:
         _bulk_gold(store, ids[:size], old)
         store.query("INSERT INTO corrections SELECT 'k' || c.call_id, c.trace_id, c.call_id, c.node, 'bench', "
                     "json_object('label', g.label), NULL, c.created_at FROM node_calls c JOIN gold g USING (trace_id)")
+        cold = LivePool(StoreDemoSource(store, "bench", "classify"), ("text",), embedding="hash", k=8)
+        t0, c0 = time.perf_counter(), time.process_time()
+        cold.refresh()  # every row embedded, and the vectors stored
+        build_seconds, build_cpu = time.perf_counter() - t0, time.process_time() - c0
+        del cold
+        # The next process's pool: the same rows, their vectors read back from the store.
         pool = LivePool(StoreDemoSource(store, "bench", "classify"), ("text",), embedding="hash", k=8)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         pool.refresh()
-        build_seconds = time.perf_counter() - t0
+        cached_seconds, cached_cpu = time.perf_counter() - t0, time.process_time() - c0
+        reused = pool.reused
         probe = random.Random(1)
         samples, hits, cursor_only, cpu = [], 0, [], []
         for q in range(queries):
@@ -177,12 +186,20 @@ def _retrieval(size: int, queries: int, added_per_query: int) -> dict[str, Any]:
     return {"pool_rows_at_end": rows, "initial_rows": size, "added_rows": len(fresh), "queries": queries,
             "added_per_query": added_per_query, "k": 8, "embedding": "hash", "half_life_days": pool.half_life_days,
             "store_fill_seconds": round(fill_seconds, 2), "index_build_seconds": round(build_seconds, 2),
+            "index_build_cpu_seconds": round(build_cpu, 2), "index_build_cached_seconds": round(cached_seconds, 2),
+            "index_build_cached_cpu_seconds": round(cached_cpu, 2), "vectors_read_from_store": reused,
             "embedded_rows": pool.embedded, "select_with_new_rows_ms": {
                 "p50": round(statistics.median(ms), 3), "p95": round(ms[int(0.95 * (len(ms) - 1))], 3)},
             "select_with_new_rows_cpu_ms": {"p50": round(statistics.median(cpu) * 1000, 3)},
             "select_nothing_new_ms": {"p50": round(statistics.median(quiet), 3),
                                       "p95": round(quiet[int(0.95 * (len(quiet) - 1))], 3)},
             "fresh_hits": hits}
+
+
+def _load() -> str:
+    import os
+
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) + f" (1/5/15 min) on {os.cpu_count()} cores"
 
 
 def _bulk_gold(store: Any, ids: list[str], pairs: list[tuple[str, str]]) -> None:
@@ -215,14 +232,18 @@ def run(calls: int = 300, pool_size: int = 100_000, queries: int = 200, added_pe
     sel, quiet = retrieval["select_with_new_rows_ms"], retrieval["select_nothing_new_ms"]
     table += "\n\n" + markdown_table(
         ["store rows", "new rows per query", "select p50 ms", "select p95 ms", "select CPU p50 ms",
-         "nothing new p50 ms", "fresh row retrieved", "index build s"],
+         "nothing new p50 ms", "fresh row retrieved", "index build s (CPU s)", "next build, vectors stored s (CPU s)"],
         [[retrieval["initial_rows"], retrieval["added_per_query"], sel["p50"], sel["p95"],
           retrieval["select_with_new_rows_cpu_ms"]["p50"], quiet["p50"],
-          f"{retrieval['fresh_hits']}/{retrieval['queries']}", retrieval["index_build_seconds"]]])
+          f"{retrieval['fresh_hits']}/{retrieval['queries']}",
+          f"{retrieval['index_build_seconds']} ({retrieval['index_build_cpu_seconds']})",
+          f"{retrieval['index_build_cached_seconds']} ({retrieval['index_build_cached_cpu_seconds']}; "
+          f"{retrieval['vectors_read_from_store']:,} vectors read)"]])
     table += (f"\n\nTargets: added ≤ {TARGETS['overhead_ms']} ms per call (median, scripted LM at 0 ms); top-8 ≤ "
               f"{TARGETS['retrieval_p50_ms']:.0f} ms p50 at 100,000 rows including rows added since the index was "
               "built. CPU ms is the calling thread's own CPU time, which the load of other processes does not "
-              f"inflate (DuckDB's own threads are not in it). {RATIO_NOTE}")
+              "inflate (DuckDB's own threads are not in it); build CPU s is the whole process's (all threads). "
+              f"Load average when done: {_load()}. {RATIO_NOTE}")
     return {"overhead": overhead, "retrieval": retrieval, "targets": TARGETS, "table": table}
 
 

@@ -38,7 +38,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +108,11 @@ def parse_guards(specs: Iterable[str]) -> Guards | None:
 # The live demo source over the store.
 # ---------------------------------------------------------------------------------------------
 
-def _epoch(value: Any) -> float:
-    return value.timestamp() if isinstance(value, datetime) else float(value or 0.0)
-
-
 def _json_value(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+_BULK_REVIEWS = 1_000  # this many new reviews or more: one join per table instead of point lookups
 _COUNTS = "SELECT (SELECT count(*) FROM corrections) AS c, (SELECT count(*) FROM labels) AS l"
 
 
@@ -148,6 +144,8 @@ class StoreDemoSource:
     produced; a label that passed approves the call as it was, one that failed withdraws that
     approval (never a correction). Both tables are append-only, so the cursor is their row counts:
     the rows past it are the new ones (DuckDB numbers a table's rows from 0 in insertion order).
+    It is also the pools' ``VectorCache``: vectors live in the store's embeddings table, so a pool
+    over the store is embedded once, not at every start of a process.
 
     Args:
         store: An open ``experiments.store.Store``.
@@ -165,19 +163,23 @@ class StoreDemoSource:
         now = self.counter.current() if self.counter is not None else ReviewCounter(self.store).check()
         if now == seen:
             return [], now
-        reviews = []  # (created_at, order, call_id, kind, corrected outputs or passed)
-        if now[0] > seen[0]:
-            reviews += [(r["created_at"], 0, r["call_id"], "correction", _json_value(r["outputs"])) for r in
-                        self.store.query("SELECT call_id, outputs, created_at FROM corrections "
-                                         "WHERE rowid >= ? AND rowid < ? AND node = ?", [seen[0], now[0], self.node])]
-        if now[1] > seen[1]:
-            reviews += [(r["created_at"], 1, r["call_id"], "approved", r["passed"]) for r in
-                        self.store.query("SELECT call_id, passed, created_at FROM labels WHERE rowid >= ? "
-                                         "AND rowid < ? AND node = ? AND passed IS NOT NULL",
-                                         [seen[1], now[1], self.node])]
-        calls = self._calls({call_id for _, _, call_id, _, _ in reviews})
+        if now[0] - seen[0] + now[1] - seen[1] >= _BULK_REVIEWS:
+            reviews, calls = self._bulk(seen, now)
+        else:
+            reviews = []  # (created_at µs, order, call_id, kind, corrected outputs or passed)
+            if now[0] > seen[0]:
+                reviews += [(r["at"], 0, r["call_id"], "correction", _json_value(r["outputs"])) for r in
+                            self.store.query("SELECT call_id, outputs, epoch_us(created_at) AS at FROM corrections "
+                                             "WHERE rowid >= ? AND rowid < ? AND node = ?",
+                                             [seen[0], now[0], self.node])]
+            if now[1] > seen[1]:
+                reviews += [(r["at"], 1, r["call_id"], "approved", r["passed"]) for r in
+                            self.store.query("SELECT call_id, passed, epoch_us(created_at) AS at FROM labels "
+                                             "WHERE rowid >= ? AND rowid < ? AND node = ? AND passed IS NOT NULL",
+                                             [seen[1], now[1], self.node])]
+            calls = self._calls({call_id for _, _, call_id, _, _ in reviews})
         rows = []
-        for created_at, _, call_id, kind, value in sorted(reviews, key=lambda r: (_epoch(r[0]), r[1])):
+        for created_at, _, call_id, kind, value in sorted(reviews, key=lambda r: (r[0] or 0, r[1])):
             call = calls.get(call_id)
             if call is None:
                 continue  # a call of another pipeline
@@ -187,8 +189,43 @@ class StoreDemoSource:
                 demo = {**call["inputs"], **call["outputs"]} if value else None
             else:
                 continue  # a failed call approved as it was holds no output to show
-            rows.append(PoolRow(call_id, demo, _epoch(created_at), kind=kind))
+            rows.append(PoolRow(call_id, demo, (created_at or 0) / 1e6, kind=kind))
         return rows, now
+
+    def _bulk(self, seen: tuple[int, int], now: tuple[int, int]) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
+        """Many new reviews (a pool's first refresh): each table joined with its calls in one query,
+        the JSON read as text and decoded by orjson (a dependency of DSPy)."""
+        from orjson import loads
+
+        def decode(text: str | None) -> Any:
+            return None if text is None else loads(text)
+
+        reviews: list[tuple[Any, ...]] = []
+        calls: dict[str, dict[str, Any]] = {}
+        for table, order, kind, value, extra in (
+                ("corrections", 0, "correction", "CAST(r.outputs AS VARCHAR)", ""),
+                ("labels", 1, "approved", "r.passed", " AND r.passed IS NOT NULL")):
+            first, last = seen[order], now[order]
+            if last <= first:
+                continue
+            found = self.store.query(
+                f"SELECT r.call_id, {value} AS value, epoch_us(r.created_at) AS at, CAST(c.inputs AS VARCHAR) AS i, "
+                "CAST(c.outputs AS VARCHAR) AS o, c.error FROM (SELECT * FROM " + table + " WHERE rowid >= ? AND "
+                f"rowid < ? AND node = ?) r JOIN node_calls c ON c.call_id = r.call_id JOIN traces t ON "
+                f"t.trace_id = c.trace_id WHERE t.pipeline = ?{extra}", [first, last, self.node, self.pipeline])
+            for r in found:
+                reviews.append((r["at"], order, r["call_id"], kind, decode(r["value"]) if order == 0 else r["value"]))
+                if r["call_id"] not in calls:
+                    calls[r["call_id"]] = {"inputs": decode(r["i"]) or {}, "outputs": decode(r["o"]) or {},
+                                           "error": r["error"]}
+        return reviews, calls
+
+    def cached_vectors(self, embedding: str, keys: Sequence[tuple[str, str]]) -> tuple[Any, Any]:
+        return self.store.embedding_vectors(embedding, keys)
+
+    def keep_vectors(self, embedding: str, keys: Sequence[tuple[str, str]], vectors: Any) -> None:
+        if not getattr(self.store, "read_only", False):  # a reader reuses what is stored, and stores nothing
+            self.store.add_embeddings([k for k, _ in keys], embedding, vectors, text_shas=[d for _, d in keys])
 
     def _calls(self, call_ids: set[str]) -> dict[str, dict[str, Any]]:
         """The reviewed calls of this pipeline, by id: point lookups on the tables' keys, not joins

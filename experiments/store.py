@@ -795,39 +795,51 @@ class Store:
                 "text_sha": (pa.string(), list(text_shas) if text_shas is not None else [None] * len(call_ids))})
         return len(call_ids)
 
-    def embedding_vectors(self, embedding: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-        """The stored vectors of ``embedding`` for ``(call_id, text_sha)`` keys: ``{key: float32 array}``.
+    def embedding_vectors(self, embedding: str, keys: Sequence[tuple[str, str]]) -> tuple[Any, Any]:
+        """The stored vectors of ``embedding`` for ``(call_id, text_sha)`` keys.
 
-        One join of the keys (an Arrow table) with the embeddings table; keys without a vector are
-        absent from the answer.
+        One join of the keys (an Arrow table) with the embeddings table.
+
+        Returns:
+            ``(rows, matrix)``: ``rows[i]`` is the row of ``matrix`` (float32, one vector per row)
+            holding the vector of ``keys[i]``, or -1 when none is stored. Vectors of another length
+            than the most common one (an older version of the embedding) are left out.
         """
         import numpy as np
         import pyarrow as pa
 
+        rows = np.full(len(keys), -1, dtype=np.int64)
         if not keys:
-            return {}
+            return rows, np.zeros((0, 0), dtype=np.float32)
         wanted = pa.table({"call_id": pa.array([k[0] for k in keys], pa.string()),
-                           "text_sha": pa.array([k[1] for k in keys], pa.string())})
+                           "text_sha": pa.array([k[1] for k in keys], pa.string()),
+                           "i": pa.array(np.arange(len(keys), dtype=np.int64))})
         view = "_pipec_embedding_keys"
         with self._lock:
             con = self._open_connection()
             con.register(view, wanted)
             try:
                 found = con.sql(
-                    f"SELECT e.call_id, e.text_sha, any_value(e.vector) AS vector FROM embeddings e "
-                    f"SEMI JOIN {view} k ON k.call_id = e.call_id AND k.text_sha = e.text_sha "
-                    "WHERE e.embedding = $embedding GROUP BY e.call_id, e.text_sha",
+                    f"SELECT k.i, e.vector FROM embeddings e JOIN {view} k "
+                    "ON k.call_id = e.call_id AND k.text_sha = e.text_sha WHERE e.embedding = $embedding",
                     params={"embedding": embedding}).to_arrow_table()
             finally:
                 with contextlib.suppress(Exception):
                     con.unregister(view)
         if not found.num_rows:
-            return {}
+            return rows, np.zeros((0, 0), dtype=np.float32)
         column = found.column("vector").combine_chunks()
-        offsets = column.offsets.to_numpy()
+        lengths = np.diff(column.offsets.to_numpy())
+        dim = int(np.bincount(lengths).argmax())
+        keep = np.flatnonzero(lengths == dim)
         flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        ids, shas = found.column("call_id").to_pylist(), found.column("text_sha").to_pylist()
-        return {(ids[i], shas[i]): flat[offsets[i]:offsets[i + 1]] for i in range(found.num_rows)}
+        if len(keep) == len(lengths):
+            matrix = flat.reshape(len(lengths), dim)
+        else:
+            starts = column.offsets.to_numpy()[keep]
+            matrix = flat[starts[:, None] + np.arange(dim)]
+        rows[found.column("i").to_numpy()[keep]] = np.arange(len(keep))  # a key stored twice: either vector
+        return rows, matrix
 
 
 _CALL_FIELDS = ("node", "kind", "position", "inputs", "outputs", "output_field", "error", "seconds", "lm_calls",

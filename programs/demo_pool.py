@@ -14,7 +14,11 @@ on the same embedding and the best ``k`` win (trainset rows are not aged); other
 demos follow the node's fixed demos.
 
 This module knows no storage: ``experiments`` implements ``DemoSource`` over the DuckDB store
-and attaches a pool to each node at run time (``node.live_pool``).
+and attaches a pool to each node at run time (``node.live_pool``). A source that is also a
+``VectorCache`` keeps the vectors a pool computed: a batch of ``CACHE_MIN_ROWS`` or more rows
+(the first refresh of a process) reads the stored ones and embeds only the rest, then stores
+those, so a pool over 100,000 reviewed calls is embedded once, not at every start. Small batches
+(the few rows added between two calls) are embedded directly: reading the cache would cost more.
 
 Example:
     >>> source = ListSource([PoolRow("c1", {"text": "my card never came", "label": "card_arrival"}, 0.0)])
@@ -25,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -37,12 +42,16 @@ import numpy as np
 from programs.errors import ConfigError
 from programs.retrieval import ORDERS, Retrieval, _normalise, query_text, resolve_embedding
 
-__all__ = ["DEFAULT_HALF_LIFE_DAYS", "DemoSource", "ListSource", "LivePool", "PoolRow"]
+__all__ = ["CACHE_MIN_ROWS", "DEFAULT_HALF_LIFE_DAYS", "DemoSource", "ListSource", "LivePool", "PoolRow",
+           "VectorCache", "text_digest"]
 
 DEFAULT_HALF_LIFE_DAYS = 30.0
 """A reviewed row this many days old weighs half as much as one reviewed now."""
 
 logger = logging.getLogger(__name__)
+
+CACHE_MIN_ROWS = 64
+"""A refresh of at least this many rows reads and fills the source's vector cache (``VectorCache``)."""
 
 _RANK = {"correction": 2, "approved": 1}  # a correction wins over an approval of the same call
 _DAY = 86_400.0
@@ -78,6 +87,25 @@ class DemoSource(Protocol):
     def demos_since(self, cursor: Any) -> tuple[Sequence[PoolRow], Any]: ...
 
 
+@runtime_checkable
+class VectorCache(Protocol):
+    """Vectors a pool computed, kept by the source: raw embedding output (before IDF weights and
+    normalisation), keyed by ``(row key, text_digest(text))`` per embedding name."""
+
+    def cached_vectors(self, embedding: str, keys: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, matrix)``: ``matrix[rows[i]]`` is the vector of ``keys[i]``; ``rows[i]`` -1: none stored."""
+        ...
+
+    def keep_vectors(self, embedding: str, keys: Sequence[tuple[str, str]], vectors: np.ndarray) -> None:
+        """Keeps the raw vectors computed for ``keys``."""
+        ...
+
+
+def text_digest(text: str) -> str:
+    """The key of an embedded text: a cached vector is reused only for the very same text."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
 class ListSource:
     """An in-memory ``DemoSource`` (tests, or an application feeding its own reviews).
 
@@ -100,11 +128,6 @@ class ListSource:
             return self._rows[start:], len(self._rows)
 
 
-def _embedder(name: str) -> Callable[[Sequence[str]], np.ndarray]:
-    encode = resolve_embedding(name).encode
-    return lambda texts: _normalise(np.asarray(encode(list(texts)), dtype=np.float32))
-
-
 class LivePool:
     """Reviewed node calls, embedded incrementally, selected by similarity weighted by recency.
 
@@ -114,8 +137,10 @@ class LivePool:
         source: Where the rows come from.
         query_fields: The node's input fields whose values, joined, are embedded.
         embedding: The embedding's name (``hash`` by default), used when ``embed`` is None.
-        embed: ``texts -> unit float32 vectors``; a compiled node passes its retrieval's, so
-            both pools share one space.
+        weights: Per-dimension weights applied before normalising (a compiled retrieval's IDF
+            weights: ``for_node`` passes them, so both pools share one space).
+        embed: ``texts -> unit float32 vectors``, instead of ``embedding`` and ``weights`` (no
+            vector cache then: the pool cannot name what it computes).
         k: How many live demos a call gets at most.
         order: ``nearest_last`` or ``nearest_first``.
         half_life_days: Recency half-life; None or 0 turns the decay off.
@@ -123,7 +148,8 @@ class LivePool:
     """
 
     def __init__(self, source: DemoSource, query_fields: Sequence[str], *, embedding: str = "hash",
-                 embed: Callable[[Sequence[str]], np.ndarray] | None = None, k: int = 4,
+                 weights: np.ndarray | None = None, embed: Callable[[Sequence[str]], np.ndarray] | None = None,
+                 k: int = 4,
                  order: str = "nearest_last", half_life_days: float | None = DEFAULT_HALF_LIFE_DAYS,
                  clock: Callable[[], float] = time.time) -> None:
         if k < 1:
@@ -135,7 +161,10 @@ class LivePool:
         self.source = source
         self.query_fields = tuple(query_fields)
         self.embedding = embedding
-        self._embed = embed or _embedder(embedding)
+        self._custom = embed
+        self._encode = None if embed is not None else resolve_embedding(embedding).encode
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
+        self._cache = source if embed is None and isinstance(source, VectorCache) else None
         self.k, self.order, self.clock = int(k), order, clock
         self.half_life_days = half_life_days or None
         self._lock = threading.Lock()
@@ -152,6 +181,7 @@ class LivePool:
         self._dead: list[int] = []
         self._size = 0
         self.embedded = 0  # rows embedded since the pool was made: each row once
+        self.reused = 0  # rows whose vectors were read from the source's cache instead
         self._warned = False
 
     @classmethod
@@ -159,7 +189,7 @@ class LivePool:
         """A pool for ``node``: its retrieval's embedding, k and order when it has one."""
         retrieval: Retrieval | None = getattr(node, "retrieval", None)
         if retrieval is not None:
-            settings = {"embedding": retrieval.embedding, "embed": retrieval.embed, "k": retrieval.k,
+            settings = {"embedding": retrieval.embedding, "weights": retrieval.weights, "k": retrieval.k,
                         "order": retrieval.order, **settings}
             return cls(source, retrieval.query_fields, **settings)
         return cls(source, tuple(node.input_fields), **settings)
@@ -169,6 +199,52 @@ class LivePool:
 
     def __len__(self) -> int:
         return self._size - len(self._dead)
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit query vectors for ``texts``."""
+        if self._custom is not None:
+            return np.asarray(self._custom(list(texts)), dtype=np.float32)
+        return self._finish(np.asarray(self._encode(list(texts)), dtype=np.float32))
+
+    def _finish(self, raw: np.ndarray) -> np.ndarray:
+        return _normalise(raw * self.weights if self.weights is not None else raw)
+
+    def _row_vectors(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of new rows: from the source's cache when the batch is large, the rest embedded."""
+        cache = self._cache if len(texts) >= CACHE_MIN_ROWS else None
+        if cache is None:
+            self.embedded += len(texts)
+            return self._embed(texts)
+        digests = [(key, text_digest(text)) for key, text in zip(keys, texts, strict=True)]
+        try:
+            rows, stored = cache.cached_vectors(self.embedding, digests)
+        except Exception as exc:  # a cache that fails costs time, never the call
+            logger.warning("live demo pool: reading stored vectors failed (%s: %s); embedding every row",
+                           type(exc).__name__, exc)
+            rows, stored = np.full(len(texts), -1), np.zeros((0, 0), dtype=np.float32)
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            computed = np.asarray(self._encode([texts[i] for i in missing]), dtype=np.float32)
+            if len(missing) < len(texts) and computed.shape[1] != stored.shape[1]:
+                # The stored vectors were made by another version of the embedding: embed them all.
+                missing = np.arange(len(texts))
+                computed = np.asarray(self._encode(list(texts)), dtype=np.float32)
+            try:
+                cache.keep_vectors(self.embedding, [digests[i] for i in missing], computed)
+            except Exception as exc:
+                logger.warning("live demo pool: storing %d vectors failed (%s: %s)", len(missing),
+                               type(exc).__name__, exc)
+            raw = np.empty((len(texts), computed.shape[1]), dtype=np.float32)
+            raw[missing] = computed
+        else:
+            raw = np.empty((len(texts), stored.shape[1]), dtype=np.float32)
+        found = np.flatnonzero(rows >= 0) if len(missing) < len(texts) else np.zeros(0, dtype=np.int64)
+        if len(found):
+            raw[found] = stored[rows[found]]
+        self.embedded += len(missing)
+        self.reused += len(found)
+        logger.info("live demo pool: %d vectors read from the store, %d embedded", len(found), len(missing))
+        return self._finish(raw)
 
     def refresh(self) -> int:
         """Takes in the rows added since the last refresh; returns how many were new."""
@@ -205,8 +281,8 @@ class LivePool:
         fresh = list(pending.values())
         if not fresh:
             return 0
-        vectors = np.asarray(self._embed([query_text(r.demo or {}, self.query_fields) for _, r in fresh]),
-                             dtype=np.float32)
+        vectors = self._row_vectors([r.key for _, r in fresh],
+                                    [query_text(r.demo or {}, self.query_fields) for _, r in fresh])
         self._grow(len(fresh), vectors.shape[1])
         start = self._size
         times = np.array([float(row.created_at) for _, row in fresh], dtype=np.float64)
@@ -217,7 +293,6 @@ class LivePool:
             self._ranks[i] = rank
             self._index[row.key] = i
         self._size += len(fresh)
-        self.embedded += len(fresh)
         return len(fresh)
 
     def _weights(self, times: np.ndarray) -> np.ndarray:

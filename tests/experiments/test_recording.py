@@ -329,3 +329,43 @@ def test_a_failing_label_withdraws_an_approval_but_never_a_correction(tmp_path):
         rec.store.add_label(corrected.trace_id, passed=False, node="classify", reviewer="b")
         demos = rec.run(message="where is my parcel 4").calls[0].demos
     assert demos == [{"message": "where is my invoice 2", "category": "billing"}]
+
+
+def _reviewed_store(path, n):
+    """``n`` recorded classify calls of two pipelines; every one corrected, every third labelled too."""
+    from benchmarks.store import synthetic_traces
+
+    traces, _ = synthetic_traces(n, prefix="rev")
+    for i, trace in enumerate(traces):
+        trace.pipeline = "triage" if i % 5 else "other"
+        trace.calls[0].inputs = {"message": f"{trace.calls[0].inputs['message']} #{i}"}
+        trace.calls[0].error = "ValueError: boom" if i % 11 == 0 else None
+    with Store.open(path) as store:
+        store.append_traces(traces)
+        store.query("INSERT INTO corrections SELECT 'k' || call_id, trace_id, call_id, node, 'bo', "
+                    "json_object('category', 'c' || position || '-' || trace_id), NULL, created_at "
+                    "FROM node_calls WHERE node = 'classify' AND trace_id < 'rev-000000800'")
+        store.query("INSERT INTO labels SELECT 'l' || call_id, trace_id, call_id, node, NULL, 'bo', "
+                    "right(trace_id, 1) IN ('1', '4'), NULL, NULL, created_at + INTERVAL 1 DAY "
+                    "FROM node_calls WHERE node = 'classify' AND right(trace_id, 1) IN ('1', '4', '7')")
+
+
+def test_a_pool_over_the_store_reads_what_point_lookups_read_and_embeds_each_text_once(tmp_path, monkeypatch):
+    from programs.demo_pool import LivePool
+
+    _reviewed_store(tmp_path / "s.duckdb", 1200)
+    with Store.open(tmp_path / "s.duckdb") as store:
+        bulk = recording.StoreDemoSource(store, "triage", "classify").demos_since(None)
+        monkeypatch.setattr(recording, "_BULK_REVIEWS", 10**9)  # the same rows, one point lookup at a time
+        one_by_one = recording.StoreDemoSource(store, "triage", "classify").demos_since(None)
+        monkeypatch.undo()
+        assert bulk == one_by_one and len(bulk[0]) > 900
+        assert {r.kind for r in bulk[0]} == {"correction", "approved"}
+        first = LivePool(recording.StoreDemoSource(store, "triage", "classify"), ("message",), k=4)
+        query = {"message": "荷物がまだ届きません。追跡番号は JP123456789 です。 #20"}
+        expected = first.select(query)
+        assert first.embedded == store.state()["embeddings"] >= len(first) > 600 and first.reused == 0
+    with Store.open(tmp_path / "s.duckdb", read_only=True) as store:  # the next process: vectors read back
+        second = LivePool(recording.StoreDemoSource(store, "triage", "classify"), ("message",), k=4)
+        assert second.select(query) == expected
+        assert (second.embedded, second.reused) == (0, first.embedded)

@@ -139,16 +139,19 @@ def test_stored_vectors_are_found_by_call_embedding_and_text_digest(tmp_path):
     vectors = np.array([[0.5, -0.25, 0.0], [1.0, 0.0, 2.5]], dtype=np.float32)
     with Store.open(tmp_path / "s.duckdb") as store:
         store.append_traces([triage_trace("t1", "カードが届きません", "billing", "ok")])
-        assert store.add_embeddings(["t1/0", "t1/1"], "hash", vectors, text_shas=["aa", "bb"]) == 2
+        assert store.add_embeddings(["t1/0", "t1/1"], "hash", vectors[[0, 0]], text_shas=["aa", "bb"]) == 2
         store.add_embeddings(["t1/0"], "minilm", vectors[1:], text_shas=["aa"])
-        store.add_embeddings(["t1/1"], "hash", vectors[:1], text_shas=["bb"])  # stored twice: one answer
+        store.add_embeddings(["t1/1"], "hash", vectors[:1], text_shas=["bb"])  # stored twice: either answer
+        store.add_embeddings(["t1/0"], "hash", [[9.0, 9.0]], text_shas=["cc"])  # another length: not reused
     with Store.open(tmp_path / "s.duckdb", read_only=True) as store:  # a reader finds them too
-        found = store.embedding_vectors("hash", [("t1/0", "aa"), ("t1/1", "bb"), ("t1/0", "other text"),
-                                                 ("t9/0", "aa")])
-        assert set(found) == {("t1/0", "aa"), ("t1/1", "bb")}
-        assert found[("t1/0", "aa")].dtype == np.float32 and np.array_equal(found[("t1/0", "aa")], vectors[0])
-        assert np.array_equal(store.embedding_vectors("minilm", [("t1/0", "aa")])[("t1/0", "aa")], vectors[1])
-        assert store.embedding_vectors("hash", []) == {} and store.embedding_vectors("nope", [("t1/0", "aa")]) == {}
+        keys = [("t1/0", "aa"), ("t1/1", "bb"), ("t1/0", "other text"), ("t9/0", "aa"), ("t1/0", "cc")]
+        rows, matrix = store.embedding_vectors("hash", keys)
+        assert rows.tolist()[2:] == [-1, -1, -1] and matrix.dtype == np.float32 and matrix.shape[1] == 3
+        assert np.array_equal(matrix[rows[0]], vectors[0]) and np.array_equal(matrix[rows[1]], vectors[0])
+        rows, matrix = store.embedding_vectors("minilm", [("t1/1", "aa"), ("t1/0", "aa")])
+        assert rows.tolist() == [-1, 0] and np.array_equal(matrix[0], vectors[1])
+        assert store.embedding_vectors("hash", [])[0].tolist() == []
+        assert store.embedding_vectors("nope", [("t1/0", "aa")])[0].tolist() == [-1]
     with Store.open(tmp_path / "s.duckdb") as store, pytest.raises(StoreError, match="1 call ids for 2 text digests"):
         store.add_embeddings(["t1/0"], "hash", vectors[:1], text_shas=["aa", "bb"])
 

@@ -3,9 +3,10 @@
 import copy
 
 import dspy
+import numpy as np
 import pytest
 
-from programs.demo_pool import DemoSource, ListSource, LivePool, PoolRow
+from programs.demo_pool import CACHE_MIN_ROWS, DemoSource, ListSource, LivePool, PoolRow
 from programs.errors import ConfigError
 from programs.nodes import Classifier
 from programs.retrieval import Retrieval
@@ -135,3 +136,54 @@ def test_bad_settings_are_config_errors():
         LivePool(ListSource(), ("text",), half_life_days=-1)
     with pytest.raises(ConfigError, match="order"):
         LivePool(ListSource(), ("text",), order="random")
+
+
+class CachingSource(ListSource):
+    """A ``VectorCache`` in memory: what a pool stored, by (key, text digest) and embedding."""
+
+    def __init__(self, rows=()):
+        super().__init__(rows)
+        self.vectors, self.reads = {}, []
+
+    def cached_vectors(self, embedding, keys):
+        self.reads.append(len(keys))
+        found = [self.vectors.get((embedding, *key)) for key in keys]
+        rows = np.array([-1 if v is None else i for i, v in enumerate(found)], dtype=np.int64)
+        dim = next((len(v) for v in found if v is not None), 0)
+        return rows, np.array([v if v is not None else np.zeros(dim) for v in found], dtype=np.float32).reshape(-1, dim)
+
+    def keep_vectors(self, embedding, keys, vectors):
+        for key, vector in zip(keys, vectors, strict=True):
+            self.vectors[(embedding, *key)] = np.array(vector)
+
+
+def test_vectors_computed_once_are_read_back_by_the_next_pool_and_give_the_same_demos():
+    rows = [row(f"k{i}", f"message {i} about topic {i % 7} カード", f"l{i}") for i in range(CACHE_MIN_ROWS + 6)]
+    source = CachingSource(rows)
+    first = LivePool(source, ("text",), k=3, clock=lambda: NOW)
+    query = {"text": "message 12 about topic 5"}
+    expected = first.select(query)
+    assert (first.embedded, first.reused, len(source.vectors)) == (len(rows), 0, len(rows))
+    second = LivePool(source, ("text",), k=3, clock=lambda: NOW)
+    assert second.select(query) == expected
+    assert (second.embedded, second.reused) == (0, len(rows))  # read, not embedded again
+    # A key whose text changed is embedded again; a few new rows skip the cache (reading costs more).
+    source.add(row("k3", "a completely different text now", "changed"), row("new", "one new row", "n"))
+    second.refresh()
+    assert (second.embedded, second.reused, source.reads) == (2, len(rows), [len(rows), len(rows)])
+    changed = [row(f"k{i}", f"message {i} about topic {i % 7} カード" + ("!" if i == 3 else ""), f"l{i}")
+               for i in range(CACHE_MIN_ROWS + 6)]
+    third = LivePool(CachingSource(changed), ("text",), k=3, clock=lambda: NOW)
+    third.source.vectors = dict(source.vectors)
+    third.refresh()
+    assert (third.embedded, third.reused) == (1, len(rows) - 1)
+
+
+def test_a_pool_for_a_compiled_node_weighs_its_vectors_as_the_retrieval_does():
+    base = Retrieval.build([{"text": "card never arrived", "label": "card_arrival"},
+                            {"text": "exchange rate today", "label": "exchange_rate"}], ("text",), k=2)
+    node = Classifier("text", output="label", labels=["card_arrival", "exchange_rate"])
+    node.retrieval = base
+    pool = LivePool.for_node(node, ListSource(), clock=lambda: NOW)
+    texts = ["my card never came", "カードがまだ届きません"]
+    assert np.array_equal(pool._embed(texts), base.embed(texts))
