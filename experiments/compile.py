@@ -261,6 +261,8 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
         with track_cost() as compiled_cost:
             final = _evaluate(tracker, "compiled", compiled, plan, opts, repeats=opts.repeats)
         result, repeats = final.report, final.repeats
+        if opts.mlflow_records:  # first: MLflow exports them on its own threads while the rest is written
+            log_traces(tracker, _short_name(opts.pipeline), "compiled", result, plan.val)
         if repeats is not None:  # every repeat asked the LM again: the cache was bypassed
             repeats["resampling"] = resampling(repeat_lm(plan.lm.lm))
             tracker.params({"repeats": opts.repeats, "resampling": repeats["resampling"]})
@@ -269,8 +271,6 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
         for node, text in render_prompts(compiled, plan.lm.adapter).items():
             tracker.text(text, f"prompts/{node}.txt")
         cost = log_cost(tracker, {"baseline": baseline_cost, "compile": compile_cost, "compiled": compiled_cost})
-        if opts.mlflow_records:
-            log_traces(tracker, _short_name(opts.pipeline), "compiled", result, plan.val)
         total = baseline.usage.calls + usage.calls + result.usage.calls
         tracker.metrics({"lm_calls": total, "tokens": baseline.usage.tokens + usage.tokens + result.usage.tokens,
                          "seconds": time.perf_counter() - started})

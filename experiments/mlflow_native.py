@@ -173,8 +173,7 @@ def log_traces(tracker: RunTracker, pipeline: str, stage: str, report: Any, exam
     experiment_id = tracker.experiment_id
 
     def write(client: Any, run_id: str) -> None:
-        import mlflow
-
+        written: dict[str, int] = {}  # trace id -> its spans
         for row in rows:
             end = time.time_ns()
             start = end - int(row["seconds"] * 1e9)
@@ -199,6 +198,35 @@ def log_traces(tracker: RunTracker, pipeline: str, stage: str, report: Any, exam
                                 status=status, end_time_ns=max(at, start))
             client.end_trace(root.trace_id, outputs=row["outputs"], status="ERROR" if row["error"] else "OK",
                              end_time_ns=max(end, at))
-        mlflow.flush_trace_async_logging()
+            written[root.trace_id] = 1 + len(row["calls"])
+        _wait_for_traces(client, written)
 
-    tracker.submit("logging traces", write)
+    tracker.submit("logging traces", write, side=True)
+
+
+def _wait_for_traces(client: Any, written: Mapping[str, int], timeout: float = 10.0) -> None:
+    """Returns once every trace in ``written`` (trace id -> its number of spans) reads back whole
+    from the store (its spans, its state, its ``pipec.stage`` tag).
+
+    MLflow exports traces on its own threads, and its flush (``mlflow.flush_trace_async_logging``)
+    waits two polls of a second each whatever is left, where the traces are usually stored in well
+    under a second. The flush is the fallback."""
+    import mlflow
+
+    pending = dict(written)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for trace_id, spans in list(pending.items()):  # in the order written: stop at the first one missing
+            try:
+                trace = client.get_trace(trace_id)
+            except Exception:  # not stored yet
+                break
+            # The trace's own record (state, tags, metadata) is written last, after its spans.
+            if ("pipec.stage" not in trace.info.tags or "IN_PROGRESS" in str(trace.info.state)
+                    or len(trace.data.spans) < spans):
+                break
+            del pending[trace_id]
+        if pending:
+            time.sleep(0.05)
+    if pending:
+        mlflow.flush_trace_async_logging()

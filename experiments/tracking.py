@@ -98,6 +98,7 @@ class RunTracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._side: ThreadPoolExecutor | None = None  # writes that mostly wait, beside the writer
         self._pending: list[Future] = []
         self._failures: list[tuple[str, BaseException]] = []
         self._client: Any = None
@@ -128,6 +129,7 @@ class RunTracker:
             yield self
             return
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-tracking")
+        self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-tracking-side")
         status = "FAILED"
         try:
             yield self
@@ -143,7 +145,8 @@ class RunTracker:
         finally:
             self.flush()
             self._writer.shutdown(wait=True)
-            self._writer = None
+            self._side.shutdown(wait=True)
+            self._writer = self._side = None
             try:
                 # End every run this thread opened on top of ours (a caller's nested runs), then ours.
                 while (active := mlflow.active_run()) is not None and active.info.run_id != self.run_id:
@@ -152,12 +155,15 @@ class RunTracker:
             except Exception as exc:
                 self._warn("ending the run", exc)
 
-    def submit(self, what: str, write: Callable[[Any, str], None]) -> None:
+    def submit(self, what: str, write: Callable[[Any, str], None], *, side: bool = False) -> None:
         """Queues ``write(client, run_id)`` (an ``MlflowClient`` and this run's id) for the writer.
 
         Args:
             what: What the write does, for the warning if it fails ("logging metrics").
             write: The write; it runs on the writer thread, after every write queued before it.
+            side: Run it on a second thread instead, beside the writer's queue (in the order of
+                the other side writes): for a write that depends on no other and spends its time
+                waiting (MLflow's trace export), so the waiting does not hold up the writes behind it.
         """
         if self.run_id is None or self._writer is None:
             return
@@ -169,7 +175,7 @@ class RunTracker:
             except Exception as exc:
                 self._failures.append((what, exc))
 
-        self._pending.append(self._writer.submit(run))
+        self._pending.append((self._side if side and self._side is not None else self._writer).submit(run))
 
     def flush(self) -> None:
         """Waits for every queued write; each one that failed becomes a warning, here."""

@@ -58,3 +58,30 @@ def test_metrics_and_params_queued_while_the_writer_is_busy_go_in_one_batch():
     run = MlflowClient().get_run(tracker.run_id)
     assert run.data.params == {"optimizer.k": "8", "seed": "0"} and run.data.metrics["m"] == 19
     assert [m.step for m in MlflowClient().get_metric_history(tracker.run_id, "m")] == list(range(20))
+
+
+def test_a_side_write_runs_beside_a_busy_writer_and_is_in_the_store_when_the_run_ends():
+    import threading
+
+    release = threading.Event()
+    side_done = threading.Event()
+
+    def slow(client, run_id):  # the writer is held until the side write has run
+        assert release.wait(30)
+
+    def side(client, run_id):
+        client.set_tag(run_id, "side", "written")
+        side_done.set()
+        release.set()
+
+    def broken(client, run_id):
+        raise OSError("trace store gone")
+
+    tracker = RunTracker("t")
+    with pytest.warns(RuntimeWarning, match="trace store gone"), tracker.start():
+        tracker.submit("holding the writer", slow)
+        tracker.submit("a side write", side, side=True)
+        tracker.submit("a broken side write", broken, side=True)
+    assert side_done.is_set()
+    run = MlflowClient().get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["side"] == "written"
