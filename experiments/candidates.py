@@ -13,11 +13,13 @@ and, being process-wide, keeps patching DSPy after the compile is over.
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -130,10 +132,12 @@ class CandidateRuns(BaseCallback):
 
         def write(client: Any, parent_id: str) -> None:
             from mlflow.entities import Metric, Param
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
             from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-            # Three store operations per candidate (each a commit, an fsync with sqlite; the
-            # artifacts are files): the table's UI tag goes in with the run, its file as plain JSON.
+            # Three store operations per candidate (each a commit, an fsync with sqlite): the
+            # table's UI tag goes in with the run. The artifacts are files, written in one upload
+            # to the new run's artifact location (``log_text`` would read the run back to find it).
             tags = {**labels, MLFLOW_PARENT_RUN_ID: parent_id, "pipec.kind": "candidate", **process}
             if table is not None:
                 tags["mlflow.loggedArtifacts"] = json.dumps([{"path": "result_table.json", "type": "table"}])
@@ -142,12 +146,15 @@ class CandidateRuns(BaseCallback):
             metrics = [Metric(key, score, ended, 0)] if score is not None else []
             params = [Param(k, v) for k, v in _node_params(state).items()]
             client.log_batch(run_id, metrics=metrics, params=params)
-            client.log_text(run_id, json.dumps(state, ensure_ascii=False, default=str, indent=2), "model.json")
-            if table is not None:
-                columns = list(table)
-                rows = [list(values) for values in zip(*table.values(), strict=True)]
-                client.log_text(run_id, json.dumps({"columns": columns, "data": rows}, ensure_ascii=False),
-                                "result_table.json")
+            with tempfile.TemporaryDirectory(prefix="pipec-candidate-") as tmp:
+                Path(tmp, "model.json").write_text(json.dumps(state, ensure_ascii=False, default=str, indent=2),
+                                                   encoding="utf-8")
+                if table is not None:
+                    columns = list(table)
+                    rows = [list(values) for values in zip(*table.values(), strict=True)]
+                    Path(tmp, "result_table.json").write_text(
+                        json.dumps({"columns": columns, "data": rows}, ensure_ascii=False), encoding="utf-8")
+                get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri).log_artifacts(tmp)
             client.set_terminated(run_id, "FINISHED" if exception is None else "FAILED", end_time=ended)
 
         if score is not None:

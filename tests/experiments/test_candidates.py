@@ -1,5 +1,7 @@
 """Candidate evaluations become child runs of the compile run, and nothing stays patched after it."""
 
+import json
+
 import dspy
 from mlflow.tracking import MlflowClient
 
@@ -23,6 +25,10 @@ def test_each_candidate_is_a_child_run_with_its_score_and_results():
         assert child.data.params["classify.demos"].isdigit()
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
         assert {"model.json", "result_table.json"} <= files
+        state = json.loads(open(client.download_artifacts(child.info.run_id, "model.json"), encoding="utf-8").read())
+        table = json.loads(open(client.download_artifacts(child.info.run_id, "result_table.json"),
+                                encoding="utf-8").read())
+        assert "classify" in state and "score" in table["columns"] and table["data"]
     steps = client.get_metric_history(result["run_id"], "eval")
     assert sorted(m.step for m in steps) == [0, 1, 2, 3]
     assert not [c for c in dspy.settings.callbacks if type(c).__name__ == "CandidateRuns"]
