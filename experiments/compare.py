@@ -32,7 +32,9 @@ _EPSILON = 1e-9
 def _client() -> Any:
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient()
+    from experiments.liveness import check_tracking_uri
+
+    return MlflowClient(check_tracking_uri())  # a mistyped URI is one line, not minutes of MLflow's retries
 
 
 def _get_run(client: Any, run_id: str) -> Any:
