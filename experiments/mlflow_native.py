@@ -131,17 +131,39 @@ def log_program_model(tracker: RunTracker, program: Pipeline, *, name: str = "pr
     """Logs ``program`` as an MLflow model of the ``mlflow.dspy`` flavor, an output of the run.
 
     The requirements are given (not inferred: inference loads the model in a subprocess, seconds
-    of work), and DSPy's own saving is used (``use_dspy_model_save``).
+    of work), and DSPy's own saving is used (``use_dspy_model_save``). The steps are
+    ``mlflow.models.Model.log``'s (a logged model with the run's params, the run's output, the
+    flavor's files, READY or FAILED), less its copy of every step-0 metric of the run onto the
+    model: it reads each metric's history back (one query per metric, a second of CPU after the
+    last LM call of a compile), and would give the compiled program the baseline's scores.
     """
     program = program.deepcopy()  # the caller's program may change while the writer saves this one
 
     def write(client: Any, run_id: str) -> None:
+        import os
+        import tempfile
+
         import mlflow.dspy
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model
 
-        Model.log(artifact_path=None, name=name, flavor=mlflow.dspy, model=program, run_id=run_id,
-                  pip_requirements=_requirements(), metadata=dict(meta or {}), use_dspy_model_save=True,
-                  tags={"pipec.run_id": run_id})
+        run = client.get_run(run_id)
+        model = client.create_logged_model(experiment_id=run.info.experiment_id, name=name, source_run_id=run_id,
+                                           params={k: str(v) for k, v in run.data.params.items()},
+                                           tags={"pipec.run_id": run_id})
+        try:
+            client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+            with tempfile.TemporaryDirectory(prefix="pipec-model-") as tmp:
+                path = os.path.join(tmp, "model")
+                mlflow_model = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
+                                     metadata=dict(meta or {}), model_id=model.model_id)
+                mlflow.dspy.save_model(program, path, mlflow_model=mlflow_model, pip_requirements=_requirements(),
+                                       use_dspy_model_save=True)
+                client.log_model_artifacts(model.model_id, path)
+        except Exception:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
     tracker.submit("logging the program as an MLflow model", write)
 

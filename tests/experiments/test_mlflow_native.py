@@ -54,6 +54,8 @@ def test_the_program_is_an_mlflow_dspy_model_that_loads_back_and_answers(compile
     assert len(outputs) == 1
     model = client.get_logged_model(outputs[0].model_id)
     assert model.name == "program" and model.source_run_id == compiled["run_id"]
+    assert str(model.status) in ("READY", "LoggedModelStatus.READY") and model.params["optimizer"] == "labeled"
+    assert mlflow.models.get_model_info(f"models:/{model.model_id}").metadata["pipeline"] == "triage"
     program = mlflow.dspy.load_model(f"models:/{model.model_id}")
     assert len(program.classify.demos) > 0  # the compiled program, not the bare pipeline
     lm, _ = fake_lm(triage_respond)
