@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +105,15 @@ def _pipec_compile(lm_config: Any, pipeline: str, train_path: Path, val_path: Pa
 
 
 @contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """DSPy's optimizers print their progress (random search's tqdm bars of every candidate, its
+    scores so far) on ``sys.stdout``: for the length of the timed compiles it goes nowhere, for
+    both contenders alike, so the benchmark's own progress lines stay readable."""
+    with open(os.devnull, "w", encoding="utf-8") as sink, redirect_stdout(sink):
+        yield
+
+
+@contextmanager
 def _store(uri: str) -> Iterator[None]:
     previous = os.environ["MLFLOW_TRACKING_URI"]
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -143,7 +152,8 @@ def _measure(latency_ms: float, tmp: Path, train: list, val: list, candidates: i
 
         contenders["pipec_memory_store"] = counted("pipec_memory_store", on_memory_store)
     logger.info("overhead: %s ms per call, %d val, %d candidates", latency_ms, len(val), candidates)
-    timings = alternate(contenders, rounds)
+    with _quiet_progress():
+        timings = alternate(contenders, rounds)
     seconds = {name: median([t for t, _ in runs]) for name, runs in timings.items()}
     lm_calls = {name: int(median(calls[name][-rounds:])) for name in timings}
     figures = {
