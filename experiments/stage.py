@@ -13,6 +13,7 @@ core (``experiments.evaluate.evaluate_program`` -> ``experiments.runner.run_trac
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from collections.abc import Sequence
@@ -103,6 +104,11 @@ def run_stage(tracker: RunTracker, name: str, program: dspy.Module, pipeline: Pi
 
 def versions() -> dict[str, str]:
     """Versions of pipec and what it runs on."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str]:  # installed versions stay for the process: read once (100 ms of metadata scans)
     found = {"python": platform.python_version()}
     for dist in ("pipec", "dspy", "mlflow", "duckdb", "llama-cpp-python", "litellm"):
         try:
