@@ -270,7 +270,7 @@ def demo(optimizer: str, lm: str, as_json: bool) -> None:
     else:
         _print_result(result)
         if params:
-            click.echo(f"{optimizer}: --param {' --param '.join(params)} ({meaning}).")
+            click.echo(f"{optimizer} ran with --param {' --param '.join(params)}: {meaning}.")
 
 
 _REPEATS_HELP = ("Evaluate N times with DSPy's cache bypassed: mean and 95% interval per node and overall, "

@@ -8,6 +8,7 @@ call embeds its inputs, takes the ``k`` nearest pool entries as demos and makes 
 What retrieval works best (the embedding, ``k``, demo order, label balance for classifiers) is
 chosen on the valset within ``max_lm_calls``: a coordinate search from the defaults, one setting
 at a time, keeping a change only when it scores better. The choice is in ``chosen`` afterwards.
+``nodes`` limits all of it to the named nodes; the others are left exactly as they were.
 
 Example:
     >>> from programs.builtin import Triage

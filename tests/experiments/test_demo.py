@@ -43,7 +43,7 @@ def test_the_default_demo_is_knn_on_the_classifier_only(scripted):
     assert "pipec compile triage --optimizer knn --param nodes=classify --param k=4 --param max_lm_calls=0" in err
     for row in ("pipeline score", "node classify", "node reply"):
         assert row in out
-    assert "knn: --param nodes=classify --param k=4 --param max_lm_calls=0 (node classify takes" in out
+    assert "knn ran with --param nodes=classify --param k=4 --param max_lm_calls=0: node classify takes" in out
     run = only_run()
     assert run.data.tags["pipec.demo"] == "true" and run.data.params["optimizer"] == "knn"
     settings = {k: run.data.params[f"optimizer.settings.init.{k}"] for k in ("nodes", "k", "max_lm_calls")}
