@@ -113,7 +113,7 @@ def register_prompts(tracker: RunTracker, pipeline: str, program: Pipeline) -> N
             client.set_prompt_alias(name, PROMPT_ALIAS, version.version)
             client.link_prompt_version_to_run(run_id, version)
 
-    tracker.submit("registering the prompts", write)
+    tracker.submit("registering the prompts", write, side=True)  # beside the candidate runs still queued
 
 
 def _requirements() -> list[str]:
@@ -165,7 +165,7 @@ def log_program_model(tracker: RunTracker, program: Pipeline, *, name: str = "pr
             raise
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
-    tracker.submit("logging the program as an MLflow model", write)
+    tracker.submit("logging the program as an MLflow model", write, side=True)
 
 
 def _trace_rows(report: Any, examples: Sequence[dspy.Example], sample: int) -> list[dict[str, Any]]:
