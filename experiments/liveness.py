@@ -69,6 +69,9 @@ def _sqlite_problem(uri: str) -> str | None:
     if not name or name == ":memory:" or name.startswith("file:"):
         return None
     path = Path(name)
+    if name.endswith("/") and not path.is_dir():  # sqlite would create a file named like the directory
+        return f"{name} names a directory, not a database file; point MLFLOW_TRACKING_URI at a file, such as " \
+               f"sqlite:///{path / 'mlflow.db'} (create the directory first), or {_UNSET}"
     if path.is_dir():
         return f"{path} is a directory, not a database file; point MLFLOW_TRACKING_URI at a file in it, " \
                f"such as sqlite:///{path / 'mlflow.db'}, or {_UNSET}"

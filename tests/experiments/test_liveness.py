@@ -77,6 +77,8 @@ def _bad_uris(tmp_path):
         "a missing directory": (f"sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}",
                                 f"mkdir -p {tmp_path / 'no' / 'such'}"),
         "a file as a directory": (f"sqlite:///{tmp_path / 'notes.txt' / 'mlflow.db'}", "is a file, not a directory"),
+        "a directory that does not exist": (f"sqlite:///{tmp_path / 'runs'}/",
+                                            "names a directory, not a database file"),
         "nothing listens": (f"http://127.0.0.1:{free_port()}", "nothing listens there"),
         "a database server nothing listens on": (f"postgresql://pipec:hunter2@127.0.0.1:{free_port()}/runs",
                                                  "start the postgresql server"),
@@ -85,7 +87,8 @@ def _bad_uris(tmp_path):
     }
 
 
-KINDS = ["a directory", "not a database", "a missing directory", "a file as a directory", "nothing listens",
+KINDS = ["a directory", "not a database", "a missing directory", "a file as a directory",
+         "a directory that does not exist", "nothing listens",
          "a database server nothing listens on", "the file store", "an unknown scheme"]
 
 
