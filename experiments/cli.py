@@ -568,7 +568,7 @@ def ui(host: str, port: int) -> None:
     from experiments.tracking import tracking_uri
 
     uri = tracking_uri()
-    mark_killed_runs("pipec ui")  # the UI shows runs whose process was killed as KILLED, not RUNNING
+    _run(lambda: mark_killed_runs("pipec ui"))  # killed runs show as KILLED; a bad tracking URI is one line
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     _say(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
     os.execv(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])

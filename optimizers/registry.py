@@ -102,7 +102,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec("knn", _knn, "dynamic few-shot: each call's demos are the trainset examples nearest its "
                       "inputs (one LM call per node); k, embedding, order tuned on the valset; classifiers: "
                       "narrow (labels of the neighbours only), mode=vote (no LM call); SQL nodes: "
-                      "schema_linking, grammar, repair, samples",
+                      "schema_linking, grammar, repair, samples; nodes=NAME,... compiles those nodes only",
                       defaults={"max_lm_calls": 300, "num_threads": "{threads}", "seed": "{seed}"},
                       uses_valset=True),
         OptimizerSpec("protegi", _own("optimizers.protegi", "ProTeGi"),

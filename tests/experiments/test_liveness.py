@@ -131,6 +131,7 @@ COMMANDS = {  # each command that opens the tracking store, each against another
     "a missing directory": ("runs", "show", "0123456789abcdef"),
     "nothing listens": ("compile", "--resume", "0123456789abcdef", "--out", "program.json"),
     "a file as a directory": ("runs", "compare", "0123456789abcdef", "fedcba9876543210"),
+    "a directory that does not exist": ("ui", "--port", "0"),
 }
 
 
