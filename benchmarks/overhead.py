@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,11 +107,16 @@ def _pipec_compile(lm_config: Any, pipeline: str, train_path: Path, val_path: Pa
 
 @contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """DSPy's optimizers print their progress (random search's tqdm bars of every candidate, its
-    scores so far) on ``sys.stdout``: for the length of the timed compiles it goes nowhere, for
-    both contenders alike, so the benchmark's own progress lines stay readable."""
-    with open(os.devnull, "w", encoding="utf-8") as sink, redirect_stdout(sink):
-        yield
+    """DSPy's optimizers print their progress (random search's tqdm bars of every candidate on
+    ``sys.stdout``, its scores so far, bootstrap's bars on ``sys.stderr``): for the length of the
+    timed compiles it goes nowhere, for both contenders alike, so the benchmark's own progress
+    lines (its logger keeps the real stderr) stay readable. Warnings raised meanwhile are shown
+    afterwards."""
+    with open(os.devnull, "w", encoding="utf-8") as sink, warnings.catch_warnings(record=True) as caught:
+        with redirect_stdout(sink), redirect_stderr(sink):
+            yield
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 @contextmanager
