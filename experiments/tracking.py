@@ -129,7 +129,7 @@ class RunTracker:
             yield self
             return
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-tracking")
-        self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pipec-tracking-side")
+        self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-tracking-side")
         status = "FAILED"
         try:
             yield self
@@ -161,10 +161,10 @@ class RunTracker:
         Args:
             what: What the write does, for the warning if it fails ("logging metrics").
             write: The write; it runs on the writer thread, after every write queued before it.
-            side: Run it on one of two side threads instead, beside the writer's queue and in no
-                set order with the other side writes: for a write that depends on no other and
-                spends its time waiting (MLflow's trace export, the store's commits), so the
-                waiting does not hold up the writes behind it.
+            side: Run it on a second thread instead, beside the writer's queue (in the order of
+                the other side writes): for a write that depends on no other and spends its time
+                waiting (MLflow's trace export, the store's commits), so the waiting does not hold
+                up the writes behind it.
         """
         if self.run_id is None or self._writer is None:
             return
