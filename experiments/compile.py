@@ -157,7 +157,7 @@ def _plan(opts: CompileOptions) -> _Plan:
     if isinstance(prompt_lm, str):
         prompt_lm = make_lm(prompt_lm, api_base=opts.api_base, cache=opts.cache, flag="--prompt-lm")
     prepared = prepare_optimizer(opts.optimizer, metric, params, seed=opts.seed, lm=lm.lm, threads=threads,
-                                 prompt_lm=prompt_lm)
+                                 prompt_lm=prompt_lm, store=opts.store)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = Path(opts.pipeline.split(":")[-1]).stem.lower()
     out = Path(opts.out) if opts.out else Path("compiled") / f"{name}-{opts.optimizer}-{stamp}.json"

@@ -115,7 +115,7 @@ class RunTracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        from experiments.liveness import mark_killed_runs, process_tags
+        from experiments.liveness import TrackingStoreError, mark_killed_runs, process_tags
 
         try:
             mark_killed_runs(f"pipec {self.tags.get('pipec.kind', 'run')}")
@@ -124,6 +124,8 @@ class RunTracker:
             run = mlflow.start_run(run_name=self.run_name, tags={**process_tags(), **self.tags})
             self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
             self._client = MlflowClient()
+        except TrackingStoreError:  # a mistyped tracking URI: one line and exit 2, not a job without its run
+            raise
         except Exception as exc:
             self._warn("starting a run", exc)
             yield self

@@ -132,6 +132,8 @@ COMMANDS = {  # each command that opens the tracking store, each against another
     "nothing listens": ("compile", "--resume", "0123456789abcdef", "--out", "program.json"),
     "a file as a directory": ("runs", "compare", "0123456789abcdef", "fedcba9876543210"),
     "a directory that does not exist": ("ui", "--port", "0"),
+    "an unknown scheme": ("compile", SLOW_PIPELINE, "--trainset", str(TRIAGE), "-o", "labeled", "--no-preflight",
+                          "--out", "program.json"),
 }
 
 
