@@ -89,3 +89,8 @@ def triage_respond(fields: tuple[str, ...], inputs: dict[str, str]) -> dict[str,
         team = inputs.get("category", "support")
         answer["reply"] = f"Thank you for writing; our {team} team will sort this out today."
     return answer
+
+
+def message_text(message: Any) -> str:
+    """A request message's text (DSPy's message type has it as a method or a field)."""
+    return message.text() if callable(message.text) else message.text

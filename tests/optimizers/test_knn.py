@@ -13,25 +13,15 @@ from dspy.lm15 import Message, TextPart
 from mlflow.tracking import MlflowClient
 
 from experiments.compile import CompileOptions, compile_pipeline
-from experiments.datasets import load_dataset, split_dataset
 from experiments.evaluate import evaluate_program, lm_usage
 from metrics import PipelineMetric
 from optimizers import RetrievalFewShot, prepare_optimizer
 from programs import ConfigError, PipelineError
-from programs.builtin import Triage, builtin_dataset
+from programs.builtin import Triage
 from tests.fakes import ScriptedEngine, fake_lm, triage_respond
+from tests.fakes import message_text as text
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def split():
-    examples = load_dataset(str(builtin_dataset("triage")), Triage()).examples
-    return split_dataset(examples, seed=0)
-
-
-def text(message):
-    return message.text() if callable(message.text) else message.text
 
 
 def demo_messages(request):
@@ -145,6 +135,7 @@ import dspy
 dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
 from programs.builtin import Triage
 from tests.fakes import fake_lm, triage_respond
+from tests.fakes import message_text as text
 program = Triage()
 program.load(sys.argv[1])
 lm, engine = fake_lm(triage_respond)

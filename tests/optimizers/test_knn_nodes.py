@@ -10,22 +10,12 @@ from mlflow.tracking import MlflowClient
 
 from experiments.cli import cli
 from experiments.compile import CompileOptions, compile_pipeline
-from experiments.datasets import load_dataset, split_dataset
 from metrics import PipelineMetric
 from optimizers import RetrievalFewShot, prepare_optimizer
 from programs import Classifier, ConfigError, Pipeline, Writer
-from programs.builtin import Triage, builtin_dataset
+from programs.builtin import Triage
 from tests.fakes import fake_lm, triage_respond
-
-
-@pytest.fixture
-def split():
-    examples = load_dataset(str(builtin_dataset("triage")), Triage()).examples
-    return split_dataset(examples, seed=0)
-
-
-def text(message):
-    return message.text() if callable(message.text) else message.text
+from tests.fakes import message_text as text
 
 
 def user_turns(request):
