@@ -82,8 +82,10 @@ ROWS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
 SEARCH_ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     # 2 candidates (DSPy's seeds -1 and 0: the unshuffled bootstrap and one shuffled bootstrap; the
     # zero-shot and labelled-only candidates are rows of their own): 2 valset evaluations plus the
-    # bootstrap passes over the 77-message trainset, at most 2 x 20 + 2 x 77 calls, ~50 expected.
-    ("bootstrap-rs (2 candidates)", "bootstrap-rs",
+    # bootstrap passes over a 40-message trainset (SEARCH_TRAIN_LIMIT). The teacher (4 labelled
+    # demos, all 77 labels) is almost never right on this model, so each pass runs through the whole
+    # trainset: 2 x 40 + 2 x 20 = 120 compile calls at most, ~13 CPU-s each on the embedded model.
+    ("bootstrap-rs (2 candidates, 40 train)", "bootstrap-rs",
      {"num_candidate_programs": 1, "restrict": [-1, 0], "max_bootstrapped_demos": 2, "max_labeled_demos": 4}),
     # gepa is not a row: DSPy's bootstrap_trace_data (GEPA's traced minibatches) hands the metric
     # the prediction without its node calls and without the trace, so pipec's metric scores every
@@ -91,6 +93,8 @@ SEARCH_ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("mipro (3 candidates, 4 trials)", "mipro", {"num_candidates": 3, "num_trials": 4, "minibatch": False}),
 )
 SEARCH_TRAIN_PER_LABEL = 1  # the search optimizers' trainset: the first train message of each intent (77)
+# A row's trainset cut to its first N messages (the first N intents met in train order), to fit its budget.
+SEARCH_TRAIN_LIMIT: dict[str, int] = {"bootstrap-rs (2 candidates, 40 train)": 40}
 SEARCH_VAL = 20  # their valset: the next train message of each of the first 20 intents in train order
 
 
@@ -178,10 +182,11 @@ class _Programs:
         os.replace(partial, cached)
         return program
 
-    def search_split(self) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    def search_split(self, limit: int | None = None) -> tuple[list[dspy.Example], list[dspy.Example]]:
         """(trainset, valset) for the search optimizers, both from the train split (seeded order):
-        the first ``SEARCH_TRAIN_PER_LABEL`` messages of each intent, then one more message of each
-        of the first ``SEARCH_VAL`` intents met."""
+        the first ``SEARCH_TRAIN_PER_LABEL`` messages of each intent (only the first ``limit`` of
+        them when given), then one more message of each of the first ``SEARCH_VAL`` intents met
+        (the same valset whatever the limit)."""
         taken: dict[str, int] = {}
         train, rest = [], []
         for example in self.train:
@@ -195,12 +200,13 @@ class _Programs:
             if len(val) < SEARCH_VAL and example.label not in seen:
                 seen.add(example.label)
                 val.append(example)
-        return train, val
+        return (train if limit is None else train[:limit]), val
 
-    def search(self, optimizer: str, params: dict[str, Any], lm: Any) -> tuple[dspy.Module, dict[str, Any]]:
+    def search(self, optimizer: str, params: dict[str, Any], lm: Any,
+               train_limit: int | None = None) -> tuple[dspy.Module, dict[str, Any]]:
         """Compiles the zero-shot pipeline with ``optimizer`` as ``pipec compile`` does (the registry's
-        optimizer, pipec's metric, 1 thread) on ``search_split()``; returns the compiled program
-        and the compile's LM calls, tokens and seconds. Runs under the caller's LM context."""
+        optimizer, pipec's metric, 1 thread) on ``search_split(train_limit)``; returns the compiled
+        program and the compile's LM calls, tokens and seconds. Runs under the caller's LM context."""
         from experiments.evaluate import lm_usage
         from metrics.pipeline_metric import PipelineMetric
         from optimizers.registry import prepare_optimizer, spec_for
@@ -211,7 +217,7 @@ class _Programs:
         # student: the optimizer's deep copies keep the names, and the metric maps their DSPy traces
         # (GEPA's traced minibatches) to nodes; unnamed copies would score 0 on every traced call.
         calls_from_dspy_trace(student, ())
-        train, val = self.search_split()
+        train, val = self.search_split(train_limit)
         metric = PipelineMetric(student, feedback=spec_for(optimizer).feedback)
         prepared = prepare_optimizer(optimizer, metric, params, seed=0, lm=lm, threads=1)
         kwargs = dict(prepared.compile_kwargs)
@@ -302,7 +308,9 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
     config = None
     kept = _previous(Path(keep) if keep else None)
     measured: dict[str, dict[str, Any]] = {}
-    planned = list(ROWS) + [(name, "search", {"optimizer": optimizer, "params": params}, "small")
+    planned = list(ROWS) + [(name, "search", {"optimizer": optimizer, "params": params,
+                                              **({"search_train": SEARCH_TRAIN_LIMIT[name]}
+                                                 if name in SEARCH_TRAIN_LIMIT else {})}, "small")
                             for name, optimizer, params in SEARCH_ROWS]
     wanted = set(rows) if rows is not None else {r[0] for r in ROWS}
     started = time.perf_counter()
@@ -323,6 +331,7 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
                                 "nothing",
                     "search": {"budgets": {n: {"optimizer": o, **p} for n, o, p in SEARCH_ROWS},
                                "trainset": f"the first {SEARCH_TRAIN_PER_LABEL} train message(s) of each intent",
+                               "trainset_limits": dict(SEARCH_TRAIN_LIMIT),
                                "valset": f"the next train message of each of the first {SEARCH_VAL} intents in "
                                          "train order (never dev)",
                                "metric": "pipec's PipelineMetric (the label must match), 1 thread, seed 0"},
@@ -339,7 +348,8 @@ def run(rows: Sequence[str] | None = None, checkpoint: Callable[[dict[str, Any]]
                 config = make_lm("local", cache=False)
             with dspy.context(lm=config.lm, adapter=config.adapter):
                 if kind == "search":
-                    program, compiled = programs.search(settings["optimizer"], settings["params"], config.lm)
+                    program, compiled = programs.search(settings["optimizer"], settings["params"], config.lm,
+                                                        settings.get("search_train"))
                     logger.info("intents77: %s compiled with %d LM calls (%.0f s)", name,
                                 compiled["compile_lm_calls"], compiled["compile_seconds"])
                 else:

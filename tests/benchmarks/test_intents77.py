@@ -96,3 +96,18 @@ def test_rows_not_named_are_not_run(scripted):
     statuses = {r["row"]: r["status"] for r in result["rows"]}
     assert all(statuses[n] == "not run" for n, _, _ in intents77.SEARCH_ROWS)
     assert {"bootstrap", "protegi", "opro", "gepa"}.isdisjoint(statuses)
+
+
+def test_a_search_rows_train_limit_cuts_its_trainset_and_keeps_the_valset(scripted, monkeypatch):
+    name = next(n for n, optimizer, _ in intents77.SEARCH_ROWS if optimizer == "bootstrap-rs")
+    monkeypatch.setitem(intents77.SEARCH_TRAIN_LIMIT, name, 2)
+    result = intents77.run(rows=[name])
+    row = next(r for r in result["rows"] if r["row"] == name)
+    assert row["search_train"] == 2 and row["search_val"] == 3 and row["settings"]["search_train"] == 2
+    # the search trainset is the first message of each label in train order; the third is cut, so it
+    # never reaches the LM (not as a bootstrapped example, not as a labelled demo)
+    train = _split()[0]
+    first = [next(e for e in train if e.label == label) for label in dict.fromkeys(e.label for e in train)]
+    prompts = _prompts(scripted)
+    assert any(first[0].text in p for p in prompts)
+    assert not any(first[2].text in p for p in prompts)
