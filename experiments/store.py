@@ -29,12 +29,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import itertools
 import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -364,29 +365,38 @@ def _make_encoder() -> Callable[[Any], str]:
 _encode = _make_encoder()
 
 
-def _make_batch_encoder() -> Callable[[Any], str | bytes]:
-    """The encoder of batch appends: orjson (a dependency of DSPy) where it can, else ``_encode``.
+def _make_batch_encoder() -> Callable[[list[Any]], list[str | bytes]]:
+    """The encoder of batch appends, a column at a time: orjson (a dependency of DSPy) where it
+    can, else ``_encode``.
 
     orjson writes UTF-8 bytes (Japanese as is, compact separators) several times faster than the
     standard encoder. Objects it does not know go to the same ``_json_default``; datetimes (ISO
     8601) and dataclasses (their fields) it writes itself; what it refuses (keys that are not
     strings, integers beyond 64 bits) is written by ``_encode``. NaN becomes null (JSON has no NaN).
-    Options cost: orjson's option flags take a slower path, so none are set.
+    Options cost: orjson's option flags take a slower path, so none are set. A column is one
+    ``map`` over orjson without ``default``; a column holding a value orjson does not know is
+    encoded again value by value, with it.
     """
     try:
         import orjson
     except ImportError:  # pragma: no cover - DSPy depends on orjson
-        return _encode
-    dumps, fallback = orjson.dumps, _encode
+        return lambda values: list(map(_encode, values))
+    dumps, fallback, default = orjson.dumps, _encode, _json_default
     failure = orjson.JSONEncodeError
 
-    def encode(value: Any) -> str | bytes:
+    def one(value: Any) -> str | bytes:
         try:
-            return dumps(value, default=_json_default)
+            return dumps(value, default=default)
         except failure:
             return fallback(value)
 
-    return encode
+    def encode_all(values: list[Any]) -> list[str | bytes]:
+        try:
+            return list(map(dumps, values))  # plain values: no default to pass, the fastest call
+        except failure:
+            return list(map(one, values))
+
+    return encode_all
 
 
 _encode_batch = _make_batch_encoder()
@@ -542,8 +552,14 @@ class Store:
             con.execute("COMMIT")
 
     @staticmethod
-    def _insert(con: Any, table: str, columns: dict[str, tuple[Any, list[Any]]]) -> None:
-        """Inserts one batch: an Arrow table of ``{column: (arrow type, values)}``, INSERT ... SELECT."""
+    def _insert(con: Any, table: str, columns: dict[str, tuple[Any, list[Any]]],
+                computed: Mapping[str, str] | None = None) -> None:
+        """Inserts one batch: an Arrow table of ``{column: (arrow type, values)}``, INSERT ... SELECT.
+
+        ``computed`` maps further columns to SQL expressions over the batch's columns (DuckDB
+        builds those strings, not Python); a batch column whose name starts with ``_`` only feeds
+        such an expression and is not inserted.
+        """
         import pyarrow as pa
 
         names = list(columns)
@@ -554,9 +570,13 @@ class Store:
         view = f"_pipec_batch_{table}"
         con.register(view, batch)
         try:
-            selected = ", ".join(f"CAST({n} AS JSON)" if kind == "json" and batch.schema.field(n).type != _JSON_TYPE
-                                 else n for n, kind in ((n, _JSON_COLUMNS.get((table, n))) for n in names))
-            con.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {selected} FROM {view}")
+            stored = [n for n in names if not n.startswith("_")]
+            selected = [f"CAST({n} AS JSON)" if _JSON_COLUMNS.get((table, n)) and
+                        batch.schema.field(n).type != _JSON_TYPE else n for n in stored]
+            for name, expression in (computed or {}).items():
+                stored.append(name)
+                selected.append(expression)
+            con.execute(f"INSERT INTO {table} ({', '.join(stored)}) SELECT {', '.join(selected)} FROM {view}")
         finally:
             with contextlib.suppress(Exception):  # a failed insert aborted the transaction; the caller rolls back
                 con.unregister(view)
@@ -587,14 +607,16 @@ class Store:
         encode = _encode_batch
         traces = list(traces)
         n_traces = len(traces)
+        # Column by column: one C-level map or comprehension per column, the node calls' fields
+        # read in one pass (``_columns``), the JSON of a column encoded by one map over orjson, the
+        # ids (call, verdict) joined by DuckDB in the INSERT (``computed``), not by Python.
         trace_ids = [str(t.trace_id) for t in traces]
         micros = np.fromiter(map(_micros, map(_started_at, traces)), dtype=np.int64, count=n_traces)
-        # Column by column (one C-level map each): few containers outlive a line, so the append
-        # itself does not set off a full garbage collection (which walks the whole heap).
         per_trace = [getattr(t, "calls", None) or () for t in traces]
         counts = np.fromiter(map(len, per_trace), dtype=np.int64, count=n_traces)
         calls = [c for cs in per_trace for c in cs]
-        call_trace_ids = list(_repeat_each(trace_ids, counts.tolist()))
+        trace_index = np.repeat(np.arange(n_traces), counts)
+        call_trace_ids = pa.array(trace_ids, text).take(trace_index)
         t_cols = {
             "trace_id": (text, trace_ids),
             "pipeline": (text, [getattr(t, "pipeline", None) for t in traces]),
@@ -603,68 +625,62 @@ class Store:
             "mlflow_run_id": (text, pa.nulls(n_traces, text) if mlflow_run_id is None
                               else pa.array([mlflow_run_id] * n_traces, text)),
             "source": (text, pa.array([source] * n_traces, text)),
-            "inputs": (text, _json_array([encode(t.inputs or {}) for t in traces])),
-            "outputs": (text, _json_array([encode(t.outputs) for t in traces])),
+            "inputs": (text, _json_array(encode([t.inputs or {} for t in traces]))),
+            "outputs": (text, _json_array(encode(list(map(_outputs_reader(), traces))))),
             "error": (text, [getattr(t, "error", None) for t in traces]),
             "error_kind": (text, [getattr(t, "error_kind", None) for t in traces]),
             "seconds": (num, [float(getattr(t, "seconds", 0.0) or 0.0) for t in traces]),
             "created_at": (_TS, _timestamps(micros)),
         }
-        got = {name: list(map(attrgetter(name), calls)) for name in _CALL_FIELDS}
+        got = _columns(calls, _CALL_FIELDS)
+        outputs = got["outputs"]
         c_cols = {
-            "call_id": (text, [f"{tid}/{p}" for tid, p in zip(call_trace_ids, got["position"], strict=True)]),
             "trace_id": (text, call_trace_ids),
             "node": (text, got["node"]),
             "kind": (text, got["kind"]),
             "position": (integer, got["position"]),
-            "inputs": (text, _json_array(list(map(encode, got["inputs"])))),
-            "outputs": (text, _json_array([None if o is None else encode(o) for o in got["outputs"]])),
+            "inputs": (text, _json_array(encode(got["inputs"]))),
+            "outputs": (text, _json_array(encode(outputs), None if None not in outputs else
+                                          [o is not None for o in outputs])),
             "output_field": (text, got["output_field"]),
             "error": (text, got["error"]),
             "seconds": (num, got["seconds"]),
             "lm_calls": (integer, got["lm_calls"]),
             "prompt_tokens": (integer, got["prompt_tokens"]),
             "completion_tokens": (integer, got["completion_tokens"]),
-            "demos": (text, _json_array([encode(d) if d else b"[]" for d in got["demos"]])),
-            "created_at": (_TS, _timestamps(np.repeat(micros, counts))),
+            "demos": (text, _json_array(encode([d or () for d in got["demos"]]))),
+            "created_at": (_TS, _timestamps(micros[trace_index])),
             "lm_error": (flag, [bool(e) for e in got["lm_error"]]),
         }
-        # The verdict id is the call (or trace and node), validator and source: the same verdict
-        # appended twice is refused.
-        ids, v_trace, v_call, v_node, v_validator, judged_by, v_trace_index = [], [], [], [], [], [], []
-        suffix = f":{verdict_source}"
-        for index, (trace_id, cs) in enumerate(zip(trace_ids, per_trace, strict=True)):
-            judged = verdicts.get(trace_id) if verdicts else None
-            if not judged:
-                continue
-            last_call = {c.node: f"{trace_id}/{c.position}" for c in cs}  # calls are in order: the last wins
-            for node, verdict in judged.items():
-                call_id = last_call.get(node)
-                per_validator = verdict.items() if isinstance(verdict, Mapping) else (("node", verdict),)
-                for validator, one in per_validator:
-                    ids.append(f"{call_id or f'{trace_id}/{node}'}:{validator}{suffix}")
-                    v_trace.append(trace_id)
-                    v_call.append(call_id)
-                    v_node.append(node)
-                    v_validator.append(validator)
-                    judged_by.append(one)
-                    v_trace_index.append(index)
-        n_verdicts = len(ids)
+        # Verdicts: one row per (trace, node, validator), on the node's last call in the trace.
+        # The verdict id is the call (or trace and node), validator and source.
+        judged = [(index, trace_id, node, verdict) for index, trace_id in enumerate(trace_ids)
+                  if (per_node := verdicts.get(trace_id) if verdicts else None) for node, verdict in per_node.items()]
+        rows = [(index, trace_id, node, validator, one) for index, trace_id, node, verdict in judged
+                for validator, one in (verdict.items() if _is_mapping(type(verdict)) else (("node", verdict),))]
+        v_index, v_trace, v_node, v_validator, judged_by = (list(c) for c in zip(*rows, strict=True)) if rows \
+            else ([], [], [], [], [])
+        # (trace index, node) -> position of the node's last call: later calls overwrite earlier ones.
+        last_call = dict(zip(zip(trace_index.tolist(), got["node"], strict=True), got["position"], strict=True)) \
+            if rows else {}
         v_cols = {
-            "verdict_id": (text, ids), "trace_id": (text, v_trace), "call_id": (text, v_call),
-            "node": (text, v_node), "validator": (text, v_validator),
-            "source": (text, pa.array([verdict_source] * n_verdicts, text)),
+            "trace_id": (text, v_trace), "node": (text, v_node), "validator": (text, v_validator),
+            "_position": (integer, list(map(last_call.get, zip(v_index, v_node, strict=True)))),
+            "source": (text, pa.array([verdict_source] * len(rows), text)),
             "score": (num, [None if v.score is None else float(v.score) for v in judged_by]),
             "passed": (flag, [bool(v.passed) for v in judged_by]),
             "counted": (flag, [bool(v.counted) for v in judged_by]),
             "feedback": (text, [v.feedback for v in judged_by]),
-            "details": (text, _json_array([encode(v.details) if v.details else b"{}" for v in judged_by])),
-            "created_at": (_TS, _timestamps(micros[np.asarray(v_trace_index, dtype=np.int64)])),
+            "details": (text, _json_array(encode([v.details or _EMPTY_OBJECT for v in judged_by]))),
+            "created_at": (_TS, _timestamps(micros[np.asarray(v_index, dtype=np.int64)])),
         }
+        call_id = "trace_id || '/' || _position"
         with self._transaction() as con:
             self._insert(con, "traces", t_cols)
-            self._insert(con, "node_calls", c_cols)
-            self._insert(con, "verdicts", v_cols)
+            self._insert(con, "node_calls", c_cols, {"call_id": "trace_id || '/' || position"})
+            self._insert(con, "verdicts", v_cols, {
+                "call_id": call_id,
+                "verdict_id": f"coalesce({call_id}, trace_id || '/' || node) || ':' || validator || ':' || source"})
         return len(calls)
 
     def _insert_verdicts(self, con: Any, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -855,9 +871,43 @@ def _started_at(trace: Any) -> datetime | None:
     return getattr(trace, "started_at", None)
 
 
-def _repeat_each(values: Sequence[Any], counts: Sequence[int]) -> Iterator[Any]:
-    for value, count in zip(values, counts, strict=True):
-        yield from itertools.repeat(value, count)
+def _columns(objects: list[Any], fields: Sequence[str]) -> dict[str, list[Any]]:
+    """``{field: [o.field for o in objects]}`` (two or more fields), reading each object once and
+    transposing: one pass over the objects is cheaper than one per field."""
+    if not objects:
+        return {name: [] for name in fields}
+    return dict(zip(fields, map(list, zip(*map(attrgetter(*fields), objects), strict=True)), strict=True))
+
+
+@functools.cache
+def _is_mapping(kind: type) -> bool:
+    """``isinstance(x, Mapping)`` by ``x``'s type, remembered (the ABC check costs as much as a row)."""
+    return issubclass(kind, Mapping)
+
+
+_EMPTY_OBJECT: Mapping[str, Any] = {}  # a verdict's details when it has none (never mutated)
+
+
+def _outputs_reader() -> Callable[[Any], Any]:
+    """Reads ``trace.outputs``; a ``runner.Trace``'s DSPy prediction is read without the copy of its
+    fields the property makes (the same fields: those ``Example.items()`` keeps)."""
+    runner, dspy = sys.modules.get("experiments.runner"), sys.modules.get("dspy")
+    if runner is None or dspy is None:  # no runner.Trace in this process: nothing to read faster
+        return attrgetter("outputs")
+    trace_type, items = runner.Trace, dspy.Example.items
+
+    def read(trace: Any) -> Any:
+        prediction = trace.prediction
+        if type(trace) is trace_type and getattr(type(prediction), "items", None) is items:
+            fields = prediction._store
+            try:
+                if type(fields) is dict and "dspy_" not in "".join(fields):  # no key Example.items() drops
+                    return fields
+            except TypeError:  # a key that is not a string: the property decides
+                pass
+        return trace.outputs
+
+    return read
 
 
 def _arrow_types() -> tuple[Any, Any]:
@@ -876,24 +926,17 @@ def _timestamps(micros: Any) -> Any:
     return pa.array(micros, pa.int64()).cast(_TS)
 
 
-def _json_array(encoded: list[str | bytes | None]) -> Any:
+def _json_array(encoded: list[str | bytes], valid: list[bool] | None = None) -> Any:
     """Encoded JSON texts as an Arrow ``json`` column: DuckDB takes it as JSON, no text-to-JSON cast.
 
-    The column is made from one joined buffer and its offsets, not value by value.
+    ``valid`` False makes a value NULL. The column is built by Arrow from the list, not value by value.
     """
     import numpy as np
     import pyarrow as pa
 
-    nulls = None
-    if None in encoded:
-        nulls = pa.py_buffer(np.packbits([v is not None for v in encoded], bitorder="little"))
-        encoded = [b"" if v is None else v for v in encoded]
-    parts = [v.encode("utf-8") if isinstance(v, str) else v for v in encoded]
-    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=offsets[1:])
-    storage = pa.LargeStringArray.from_buffers(len(parts), pa.py_buffer(offsets), pa.py_buffer(b"".join(parts)),
-                                               nulls)
-    return pa.ExtensionArray.from_storage(_JSON_TYPE, storage.cast(pa.string()))
+    mask = None if valid is None else ~np.asarray(valid, dtype=bool)
+    storage = pa.array(encoded, pa.binary(), mask=mask).cast(pa.string())  # the cast checks the UTF-8
+    return pa.ExtensionArray.from_storage(_JSON_TYPE, storage)
 
 
 _JSON_COLUMNS = {(t, c): "json" for t, c in (("traces", "inputs"), ("traces", "outputs"), ("node_calls", "inputs"),

@@ -89,6 +89,43 @@ def test_traces_node_calls_and_verdicts_round_trip_with_japanese_text(tmp_path):
     con.close()
 
 
+def test_batch_columns_keep_every_value_the_encoder_and_the_ids_need(tmp_path):
+    import dspy
+
+    class Ticket:  # not JSON: written through its as_dict
+        def as_dict(self):
+            return {"id": "T-1", "件名": "返金"}
+
+    odd = triage_trace("t1", "返金してください", "billing", "承知しました")
+    odd.calls[0].inputs = {"message": "m", "ticket": Ticket(), "score": float("nan")}  # JSON has no NaN: null
+    odd.calls[1].inputs = {1: "an integer key"}  # orjson refuses the key: the column is encoded value by value
+    odd.prediction = dspy.Prediction(category="billing", reply="承知しました", dspy_uuid="internal")
+    plain = triage_trace("t2", "b", None, None)
+    verdicts = {"t1": {"reply": {"polite": Verdict(1.0, True), "short": Verdict(0.0, False, "長い", {"words": 90})}},
+                "t2": {"reply": Verdict(0.0, False, "no reply"), "classify": Verdict(0.0, False)}}
+    with Store.open(tmp_path / "s.duckdb") as store:
+        assert store.append_traces([odd, plain], verdicts, verdict_source="judge") == 3
+        calls = store.query("SELECT call_id, inputs FROM node_calls ORDER BY call_id")
+        assert calls == [{"call_id": "t1/0", "inputs": {"message": "m", "ticket": {"id": "T-1", "件名": "返金"},
+                                                        "score": None}},
+                         {"call_id": "t1/1", "inputs": {"1": "an integer key"}},
+                         {"call_id": "t2/0", "inputs": {"message": "b"}}]
+        [t1] = store.query("SELECT outputs FROM traces WHERE trace_id = 't1'")
+        assert t1["outputs"] == {"category": "billing", "reply": "承知しました"}  # DSPy's own fields left out
+        rows = store.query("SELECT verdict_id, call_id, node, validator, passed, details FROM verdicts "
+                           "ORDER BY verdict_id")
+        assert rows == [
+            {"verdict_id": "t1/1:polite:judge", "call_id": "t1/1", "node": "reply", "validator": "polite",
+             "passed": True, "details": {}},
+            {"verdict_id": "t1/1:short:judge", "call_id": "t1/1", "node": "reply", "validator": "short",
+             "passed": False, "details": {"words": 90}},
+            {"verdict_id": "t2/0:node:judge", "call_id": "t2/0", "node": "classify", "validator": "node",
+             "passed": False, "details": {}},
+            {"verdict_id": "t2/reply:node:judge", "call_id": None, "node": "reply", "validator": "node",
+             "passed": False, "details": {}},  # t2 never reached reply: the verdict names the trace and node
+        ]
+
+
 def test_a_batch_is_one_transaction(tmp_path):
     with Store.open(tmp_path / "s.duckdb") as store:
         store.append_traces([triage_trace("t1", "a", "billing", "ok")])
