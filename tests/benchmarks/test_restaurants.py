@@ -42,3 +42,21 @@ def test_a_wrong_query_scores_zero(split, monkeypatch):
     monkeypatch.setattr("experiments.lm.make_lm", lambda *a, **k: config)
     row = next(r for r in restaurants.run(rows=["zero-shot"])["rows"] if r["row"] == "zero-shot")
     assert row["accuracy_nonempty"] == 0.0 and row["accuracy_all"] == 0.0 and row["runs"] == 1.0
+
+
+def test_the_samples_row_without_grammar_costs_three_calls_and_the_majority_result_wins(split, monkeypatch):
+    _, test = split
+    gold = {e.question: e.sql for e in test}
+    seen: dict[str, int] = {}
+
+    def respond(fields, inputs):  # the first sample is wrong, the other two give the gold query
+        seen[inputs["question"]] = seen.get(inputs["question"], 0) + 1
+        return {"sql": "SELECT 1" if seen[inputs["question"]] == 1 else gold[inputs["question"]]}
+
+    config, engine = fake_lm(respond)
+    monkeypatch.setattr("experiments.lm.make_lm", lambda *a, **k: config)
+    name = "knn + schema_linking + samples=3"
+    row = next(r for r in restaurants.run(rows=[name])["rows"] if r["row"] == name)
+    assert row["settings"] == {"knn": True, "schema_linking": True, "samples": 3}
+    assert row["lm_calls_per_question"] == 3.0 and len(engine.requests) == 3 * len(test)
+    assert row["accuracy_nonempty"] == 1.0 and row["accuracy_all"] == 1.0
