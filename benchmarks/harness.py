@@ -128,12 +128,16 @@ def _default_answer(name: str, prop: dict, inputs: dict[str, str]) -> Any:
     return "ok"
 
 
-def latency_lm(latency_ms: float, *, cache: bool = False) -> tuple[LMConfig, LatencyEngine]:
-    """An LMConfig around a :class:`LatencyEngine` (JSONAdapter, temperature 0), and the engine."""
+def latency_lm(latency_ms: float, *, cache: bool = False, adapter: Any = None) -> tuple[LMConfig, LatencyEngine]:
+    """An LMConfig around a :class:`LatencyEngine` (temperature 0), and the engine.
+
+    The adapter is ``dspy.JSONAdapter()`` unless ``adapter`` is given (pipec's own, for a
+    contender that stands for ``pipec compile``).
+    """
     engine = LatencyEngine(latency_ms / 1000.0)
     lm = dspy.LM("bench/scripted", engine=engine, cache=cache, temperature=0.0, max_tokens=256)
     settings = {"model": "bench/scripted", "latency_ms": latency_ms, "temperature": 0.0, "cache": cache}
-    return LMConfig(lm, dspy.JSONAdapter(), settings, None), engine
+    return LMConfig(lm, adapter if adapter is not None else dspy.JSONAdapter(), settings, None), engine
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import LMError as DSPyLMError
 
+from programs.adapters import ChatAdapter, JSONAdapter
 from programs.errors import ConfigError, LMConfigError, LMError
 
 __all__ = ["LMConfig", "LMFailures", "PipecLM", "make_lm", "raise_config_errors"]
@@ -176,7 +177,7 @@ def make_lm(spec: str | None = None, *, api_base: str | None = None, temperature
         settings = {"model": engine.model_id, "temperature": temperature, "max_tokens": max_tokens,
                     "cache": cache, "adapter": "JSONAdapter",
                     **{f"engine.{k}": v for k, v in engine.settings().items()}}
-        return LMConfig(lm, dspy.JSONAdapter(), settings, engine)
+        return LMConfig(lm, JSONAdapter(), settings, engine)
     model = spec
     kwargs: dict[str, Any] = {}
     if api_base:
@@ -202,7 +203,7 @@ def make_lm(spec: str | None = None, *, api_base: str | None = None, temperature
         raise ConfigError(f"--lm {spec!r}: {exc}") from exc
     settings = {"model": model, "temperature": temperature, "max_tokens": max_tokens, "cache": cache,
                 "api_base": api_base, "adapter": "ChatAdapter", "num_retries": retries, "timeout": kwargs["timeout"]}
-    return LMConfig(lm, dspy.ChatAdapter(), settings, None)
+    return LMConfig(lm, ChatAdapter(), settings, None)
 
 
 def _env_number(name: str, default: Any, kind: type) -> Any:
