@@ -223,8 +223,22 @@ def _m004_embedding_text(con: Any) -> None:
     con.execute("ALTER TABLE embeddings ADD COLUMN IF NOT EXISTS text_sha VARCHAR")
 
 
+def _m005_lean_keys(con: Any) -> None:
+    """``node_calls`` and ``verdicts`` without their primary keys, which cost appends much and
+    guarded nothing: a call's id is its trace's id and its position, a batch verdict's id its call,
+    validator and source, and ``traces`` (whose key stays) refuses a trace appended twice, in the
+    same transaction as its calls and verdicts; other verdicts get new uuids. ``node_calls`` keeps
+    an index on ``call_id`` (not unique), for the point lookups of the live demo pools, labels and
+    corrections. DuckDB cannot drop a key: each table is copied (rows in their order) and replaced."""
+    for table in ("node_calls", "verdicts"):
+        con.execute(f"CREATE TABLE _pipec_{table}_v5 AS SELECT * FROM {table}")
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"ALTER TABLE _pipec_{table}_v5 RENAME TO {table}")
+    con.execute("CREATE INDEX node_calls_call_id ON node_calls (call_id)")
+
+
 MIGRATIONS: tuple[Callable[[Any], None], ...] = (_m001_tables, _m002_views, _m003_judge_agreement,
-                                                 _m004_embedding_text)
+                                                 _m004_embedding_text, _m005_lean_keys)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

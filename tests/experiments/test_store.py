@@ -235,6 +235,45 @@ def test_a_version_1_file_opens_with_the_current_code_and_keeps_its_rows(tmp_pat
         assert store.query("SELECT inputs FROM traces") == [{"inputs": {"message": "古い"}}]
 
 
+def test_a_version_4_file_with_rows_loses_the_call_and_verdict_keys_and_nothing_else(tmp_path):
+    path = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(path))
+    migrate(con, MIGRATIONS[:4])  # what the pipec before migration 5 wrote: keyed node_calls and verdicts
+    old = Store(con, path, read_only=False)
+    traces = [triage_trace(f"t{i}", f"荷物 {i} が届きません", "shipping", f"確認します {i}") for i in range(30)]
+    old.append_traces(traces, {f"t{i}": {"reply": Verdict(1.0, True), "classify": Verdict(0.0, False, "違う")}
+                               for i in range(30)})
+    old.add_correction("t3", {"category": "billing"}, node="classify", reviewer="ann")
+    old.add_label("t4", node="reply", passed=True, reviewer="ben")
+    old.add_verdicts([{"trace_id": "t5", "node": "reply", "source": "judge", "passed": False, "feedback": "冷たい"}])
+    keyed = {r["table_name"] for r in old.query("SELECT table_name FROM duckdb_constraints() "
+                                                "WHERE constraint_type = 'PRIMARY KEY'")}
+    assert {"node_calls", "verdicts", "traces"} <= keyed
+    before = {table: old.query(f"SELECT * FROM {table}") for table in ("node_calls", "verdicts")}  # insertion order
+    views = {v: old.query(f"SELECT * FROM {v} ORDER BY ALL") for v in ("approved_calls", "error_accumulation",
+                                                                        "node_latency", "pass_rate_daily")}
+    old.close()
+    with Store.open(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert {table: store.query(f"SELECT * FROM {table}") for table in ("node_calls", "verdicts")} == before
+        assert {v: store.query(f"SELECT * FROM {v} ORDER BY ALL") for v in views} == views
+        [approved] = store.query("SELECT call_id, outputs FROM approved_calls WHERE approval = 'correction'")
+        assert approved == {"call_id": "t3/0", "outputs": {"category": "billing"}}
+        keyed = {r["table_name"] for r in store.query("SELECT table_name FROM duckdb_constraints() "
+                                                      "WHERE constraint_type = 'PRIMARY KEY'")}
+        assert keyed == {"traces", "labels", "corrections", "meta"}
+        assert store.query("SELECT table_name, expressions, is_unique FROM duckdb_indexes()") == \
+            [{"table_name": "node_calls", "expressions": "[call_id]", "is_unique": False}]
+        # Appends go on; a trace appended again is still refused whole, by the traces' key.
+        store.append_traces([triage_trace("t30", "新しい", "billing", "はい")], {"t30": {"reply": Verdict(1.0, True)}})
+        with pytest.raises(duckdb.ConstraintException):
+            store.append_traces([triage_trace("t31", "x", "billing", "ok"), triage_trace("t3", "x", "billing", "ok")])
+        assert store.state() | {"path": None} == {"path": None, "schema_version": SCHEMA_VERSION, "traces": 31,
+                                                  "node_calls": 62, "verdicts": 62, "labels": 1, "corrections": 1,
+                                                  "embeddings": 0}
+        assert store.add_label("t30", call_id="t30/1", passed=True)  # the label finds its call by id
+
+
 def test_a_failing_migration_leaves_the_file_at_the_version_before(tmp_path):
     def broken(con):
         con.execute("CREATE TABLE half_done (x INTEGER)")
