@@ -631,19 +631,21 @@ class Store:
         calls = [c for cs in per_trace for c in cs]
         trace_index = np.repeat(np.arange(n_traces), counts)
         call_trace_ids = pa.array(trace_ids, text).take(trace_index)
+        t_got = _columns(traces, _TRACE_FIELDS, default=None)
         t_cols = {
             "trace_id": (text, trace_ids),
-            "pipeline": (text, [getattr(t, "pipeline", None) for t in traces]),
-            "program": (text, [program or getattr(t, "program", None) for t in traces]),
-            "program_version": (text, [getattr(t, "program_version", None) for t in traces]),
+            "pipeline": (text, t_got["pipeline"]),
+            "program": (text, pa.array([program] * n_traces, text) if program
+                        else [getattr(t, "program", None) for t in traces]),
+            "program_version": (text, t_got["program_version"]),
             "mlflow_run_id": (text, pa.nulls(n_traces, text) if mlflow_run_id is None
                               else pa.array([mlflow_run_id] * n_traces, text)),
             "source": (text, pa.array([source] * n_traces, text)),
-            "inputs": (text, _json_array(encode([t.inputs or {} for t in traces]))),
+            "inputs": (text, _json_array(encode([i or _EMPTY_OBJECT for i in t_got["inputs"]]))),
             "outputs": (text, _json_array(encode(list(map(_outputs_reader(), traces))))),
-            "error": (text, [getattr(t, "error", None) for t in traces]),
-            "error_kind": (text, [getattr(t, "error_kind", None) for t in traces]),
-            "seconds": (num, [float(getattr(t, "seconds", 0.0) or 0.0) for t in traces]),
+            "error": (text, t_got["error"]),
+            "error_kind": (text, t_got["error_kind"]),
+            "seconds": (num, [float(x or 0.0) for x in t_got["seconds"]]),
             "created_at": (_TS, _timestamps(micros)),
         }
         got = _columns(calls, _CALL_FIELDS)
@@ -668,24 +670,24 @@ class Store:
         }
         # Verdicts: one row per (trace, node, validator), on the node's last call in the trace.
         # The verdict id is the call (or trace and node), validator and source.
-        judged = [(index, trace_id, node, verdict) for index, trace_id in enumerate(trace_ids)
-                  if (per_node := verdicts.get(trace_id) if verdicts else None) for node, verdict in per_node.items()]
-        rows = [(index, trace_id, node, validator, one) for index, trace_id, node, verdict in judged
+        rows = [(index, trace_id, node, validator, one) for index, trace_id in enumerate(trace_ids)
+                if (per_node := verdicts.get(trace_id) if verdicts else None) for node, verdict in per_node.items()
                 for validator, one in (verdict.items() if _is_mapping(type(verdict)) else (("node", verdict),))]
         v_index, v_trace, v_node, v_validator, judged_by = (list(c) for c in zip(*rows, strict=True)) if rows \
             else ([], [], [], [], [])
         # (trace index, node) -> position of the node's last call: later calls overwrite earlier ones.
         last_call = dict(zip(zip(trace_index.tolist(), got["node"], strict=True), got["position"], strict=True)) \
             if rows else {}
+        v_got = _columns(judged_by, _VERDICT_FIELDS)
         v_cols = {
             "trace_id": (text, v_trace), "node": (text, v_node), "validator": (text, v_validator),
             "_position": (integer, list(map(last_call.get, zip(v_index, v_node, strict=True)))),
             "source": (text, pa.array([verdict_source] * len(rows), text)),
-            "score": (num, [None if v.score is None else float(v.score) for v in judged_by]),
-            "passed": (flag, [bool(v.passed) for v in judged_by]),
-            "counted": (flag, [bool(v.counted) for v in judged_by]),
-            "feedback": (text, [v.feedback for v in judged_by]),
-            "details": (text, _json_array(encode([v.details or _EMPTY_OBJECT for v in judged_by]))),
+            "score": (num, [None if x is None else float(x) for x in v_got["score"]]),
+            "passed": (flag, [bool(x) for x in v_got["passed"]]),
+            "counted": (flag, [bool(x) for x in v_got["counted"]]),
+            "feedback": (text, v_got["feedback"]),
+            "details": (text, _json_array(encode([x or _EMPTY_OBJECT for x in v_got["details"]]))),
             "created_at": (_TS, _timestamps(micros[np.asarray(v_index, dtype=np.int64)])),
         }
         call_id = "trace_id || '/' || _position"
@@ -874,6 +876,8 @@ class Store:
 
 _CALL_FIELDS = ("node", "kind", "position", "inputs", "outputs", "output_field", "error", "seconds", "lm_calls",
                 "prompt_tokens", "completion_tokens", "demos", "lm_error")  # programs.trace.NodeCall
+_TRACE_FIELDS = ("pipeline", "program_version", "inputs", "error", "error_kind", "seconds")  # runner.Trace
+_VERDICT_FIELDS = ("score", "passed", "counted", "feedback", "details")  # metrics.verdict.Verdict
 _TRACE_COLUMNS = ("trace_id", "pipeline", "program", "program_version", "mlflow_run_id", "source", "inputs",
                   "outputs", "error", "error_kind", "seconds", "created_at")
 _CALL_COLUMNS = ("call_id", "trace_id", "node", "kind", "position", "inputs", "outputs", "output_field", "error",
@@ -885,12 +889,24 @@ def _started_at(trace: Any) -> datetime | None:
     return getattr(trace, "started_at", None)
 
 
-def _columns(objects: list[Any], fields: Sequence[str]) -> dict[str, list[Any]]:
+def _columns(objects: list[Any], fields: Sequence[str], **default: Any) -> dict[str, list[Any]]:
     """``{field: [o.field for o in objects]}`` (two or more fields), reading each object once and
-    transposing: one pass over the objects is cheaper than one per field."""
+    transposing: one pass over the objects is cheaper than one per field. With ``default=``, an
+    object that lacks a field gives that value instead (its fields read one by one)."""
     if not objects:
         return {name: [] for name in fields}
-    return dict(zip(fields, map(list, zip(*map(attrgetter(*fields), objects), strict=True)), strict=True))
+    read = attrgetter(*fields)
+    if default:
+        fallback = default["default"]
+
+        def read_one(obj: Any, fast: Callable[[Any], tuple[Any, ...]] = read) -> tuple[Any, ...]:
+            try:
+                return fast(obj)
+            except AttributeError:
+                return tuple(getattr(obj, name, fallback) for name in fields)
+
+        read = read_one
+    return dict(zip(fields, map(list, zip(*map(read, objects), strict=True)), strict=True))
 
 
 @functools.cache
