@@ -621,9 +621,9 @@ class Store:
         encode = _encode_batch
         traces = list(traces)
         n_traces = len(traces)
-        # Column by column: one C-level map or comprehension per column, the node calls' fields
-        # read in one pass (``_columns``), the JSON of a column encoded by one map over orjson, the
-        # ids (call, verdict) joined by DuckDB in the INSERT (``computed``), not by Python.
+        # Column by column: one C-level map or comprehension per column and no tuple or dict per
+        # row (``_columns``), the JSON of a column encoded by one map over orjson, the ids (call,
+        # verdict) joined by DuckDB in the INSERT (``computed``), not by Python.
         trace_ids = [str(t.trace_id) for t in traces]
         micros = np.fromiter(map(_micros, map(_started_at, traces)), dtype=np.int64, count=n_traces)
         per_trace = [getattr(t, "calls", None) or () for t in traces]
@@ -668,21 +668,25 @@ class Store:
             "created_at": (_TS, _timestamps(micros[trace_index])),
             "lm_error": (flag, [bool(e) for e in got["lm_error"]]),
         }
-        # Verdicts: one row per (trace, node, validator), on the node's last call in the trace.
-        # The verdict id is the call (or trace and node), validator and source.
-        rows = [(index, trace_id, node, validator, one) for index, trace_id in enumerate(trace_ids)
-                if (per_node := verdicts.get(trace_id) if verdicts else None) for node, verdict in per_node.items()
-                for validator, one in (verdict.items() if _is_mapping(type(verdict)) else (("node", verdict),))]
-        v_index, v_trace, v_node, v_validator, judged_by = (list(c) for c in zip(*rows, strict=True)) if rows \
-            else ([], [], [], [], [])
-        # (trace index, node) -> position of the node's last call: later calls overwrite earlier ones.
-        last_call = dict(zip(zip(trace_index.tolist(), got["node"], strict=True), got["position"], strict=True)) \
-            if rows else {}
+        # Verdicts: one row per (trace, node, validator), on the node's last call in the trace; the
+        # verdict id is the call (or trace and node), validator and source.
+        judged = [verdicts.get(t) for t in trace_ids] if verdicts else []
+        v_index = [i for i, per_node in enumerate(judged) if per_node for _ in per_node]
+        v_node = [node for per_node in judged if per_node for node in per_node]
+        judged_by = [verdict for per_node in judged if per_node for verdict in per_node.values()]
+        if any(map(_is_mapping, map(type, judged_by))):  # {validator: Verdict} on some node: one row each
+            v_index, v_node, v_validator, judged_by = _per_validator(v_index, v_node, judged_by)
+        else:
+            v_validator = ["node"] * len(judged_by)
+        # "trace index/node" -> position of the node's last call (later calls overwrite earlier ones).
+        last_call = dict(zip([f"{i}/{node}" for i, node in zip(trace_index.tolist(), got["node"], strict=True)],
+                             got["position"], strict=True)) if judged_by else {}
+        v_position = list(map(last_call.get, [f"{i}/{node}" for i, node in zip(v_index, v_node, strict=True)]))
         v_got = _columns(judged_by, _VERDICT_FIELDS)
         v_cols = {
-            "trace_id": (text, v_trace), "node": (text, v_node), "validator": (text, v_validator),
-            "_position": (integer, list(map(last_call.get, zip(v_index, v_node, strict=True)))),
-            "source": (text, pa.array([verdict_source] * len(rows), text)),
+            "trace_id": (text, pa.array(trace_ids, text).take(pa.array(v_index, pa.int64()))),
+            "node": (text, v_node), "validator": (text, v_validator), "_position": (integer, v_position),
+            "source": (text, pa.array([verdict_source] * len(judged_by), text)),
             "score": (num, [None if x is None else float(x) for x in v_got["score"]]),
             "passed": (flag, [bool(x) for x in v_got["passed"]]),
             "counted": (flag, [bool(x) for x in v_got["counted"]]),
@@ -890,23 +894,27 @@ def _started_at(trace: Any) -> datetime | None:
 
 
 def _columns(objects: list[Any], fields: Sequence[str], **default: Any) -> dict[str, list[Any]]:
-    """``{field: [o.field for o in objects]}`` (two or more fields), reading each object once and
-    transposing: one pass over the objects is cheaper than one per field. With ``default=``, an
-    object that lacks a field gives that value instead (its fields read one by one)."""
-    if not objects:
-        return {name: [] for name in fields}
-    read = attrgetter(*fields)
+    """``{field: [o.field for o in objects]}``, one C-level map per field; with ``default=``, an
+    object that lacks a field gives that value instead.
+
+    No tuple or dict per object: many new containers alive at once set off garbage collections,
+    and a full one walks the whole heap (the caller's traces too), which costs more than the append.
+    """
     if default:
         fallback = default["default"]
+        return {name: [getattr(o, name, fallback) for o in objects] for name in fields}
+    return {name: list(map(attrgetter(name), objects)) for name in fields}
 
-        def read_one(obj: Any, fast: Callable[[Any], tuple[Any, ...]] = read) -> tuple[Any, ...]:
-            try:
-                return fast(obj)
-            except AttributeError:
-                return tuple(getattr(obj, name, fallback) for name in fields)
 
-        read = read_one
-    return dict(zip(fields, map(list, zip(*map(read, objects), strict=True)), strict=True))
+def _per_validator(index: list[int], nodes: list[str], judged: list[Any]) -> tuple[list[Any], ...]:
+    """Verdict rows where a node maps to ``{validator: Verdict}``: one row per validator (a bare
+    ``Verdict`` is validator ``node``)."""
+    out: tuple[list[Any], ...] = ([], [], [], [])
+    for i, node, verdict in zip(index, nodes, judged, strict=True):
+        for validator, one in (verdict.items() if _is_mapping(type(verdict)) else (("node", verdict),)):
+            for column, value in zip(out, (i, node, validator, one), strict=True):
+                column.append(value)
+    return out
 
 
 @functools.cache
