@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -903,7 +904,27 @@ def _columns(objects: list[Any], fields: Sequence[str], **default: Any) -> dict[
     if default:
         fallback = default["default"]
         return {name: [getattr(o, name, fallback) for o in objects] for name in fields}
+    fields = tuple(fields)
+    if all(_dict_fields(kind, fields) for kind in set(map(type, objects))):
+        try:  # the instances' own dicts: a key lookup is cheaper than an attribute lookup
+            dicts = list(map(vars, objects))
+            return {name: list(map(itemgetter(name), dicts)) for name in fields}
+        except (KeyError, TypeError):  # a field that lives elsewhere (a class attribute): read it as an attribute
+            pass
     return {name: list(map(attrgetter(name), objects)) for name in fields}
+
+
+@functools.cache
+def _dict_fields(kind: type, fields: tuple[str, ...]) -> bool:
+    """Whether reading ``fields`` from an instance's ``__dict__`` gives what ``getattr`` gives: plain
+    attribute lookup, no ``__slots__``, and no field shadowed by a data descriptor (a property)."""
+    if kind.__getattribute__ is not object.__getattribute__ or not hasattr(kind, "__dict__"):
+        return False
+    for name in fields:
+        found = inspect.getattr_static(kind, name, None)
+        if hasattr(type(found), "__set__") or hasattr(type(found), "__delete__"):
+            return False
+    return True
 
 
 def _per_validator(index: list[int], nodes: list[str], judged: list[Any]) -> tuple[list[Any], ...]:
