@@ -27,6 +27,8 @@ __all__ = ["DEFAULT_EXPERIMENT", "RunTracker", "code_version", "failure_tags", "
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "pipec"
+# Side writes of a compile: the prompts, the logged model and the traces, all three at once.
+SIDE_WRITERS = 3
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
 
@@ -98,7 +100,9 @@ class RunTracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self._writer: ThreadPoolExecutor | None = None
-        self._side: ThreadPoolExecutor | None = None  # independent writes that mostly wait, beside the writer
+        # Independent writes that mostly wait (on MLflow's trace export, on the store's commits),
+        # beside the writer and beside each other.
+        self._side: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
         self._failures: list[tuple[str, BaseException]] = []
         self._client: Any = None
@@ -131,7 +135,7 @@ class RunTracker:
             yield self
             return
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-tracking")
-        self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-tracking-side")
+        self._side = ThreadPoolExecutor(max_workers=SIDE_WRITERS, thread_name_prefix="pipec-tracking-side")
         status = "FAILED"
         try:
             yield self
@@ -163,10 +167,10 @@ class RunTracker:
         Args:
             what: What the write does, for the warning if it fails ("logging metrics").
             write: The write; it runs on the writer thread, after every write queued before it.
-            side: Run it on a second thread instead, beside the writer's queue (in the order of
-                the other side writes): for a write that depends on no other and spends its time
-                waiting (MLflow's trace export, the store's commits), so the waiting does not hold
-                up the writes behind it.
+            side: Run it on a side thread instead, beside the writer's queue and beside the
+                other side writes (up to :data:`SIDE_WRITERS` at once, in no set order): for a
+                write that depends on no other and spends its time waiting (MLflow's trace export,
+                the store's commits), so the waiting does not hold up the writes behind it.
         """
         if self.run_id is None or self._writer is None:
             return

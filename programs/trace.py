@@ -247,7 +247,8 @@ class _NodeUsage:
 
 
 def _demo_dicts(demos: Any) -> list[dict[str, Any]]:
-    return [_plain(d) if isinstance(_plain(d), dict) else {"demo": _plain(d)} for d in demos or ()]
+    plain = [_plain(d) for d in demos or ()]
+    return [d if isinstance(d, dict) else {"demo": d} for d in plain]
 
 
 def record_node_call(node: Any, kwargs: dict[str, Any], call: Any) -> Any:
