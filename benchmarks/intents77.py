@@ -87,14 +87,15 @@ SEARCH_ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     # trainset: 2 x 40 + 2 x 20 = 120 compile calls at most, ~13 CPU-s each on the embedded model.
     ("bootstrap-rs (2 candidates, 40 train)", "bootstrap-rs",
      {"num_candidate_programs": 1, "restrict": [-1, 0], "max_bootstrapped_demos": 2, "max_labeled_demos": 4}),
-    # gepa is not a row: DSPy's bootstrap_trace_data (GEPA's traced minibatches) hands the metric
-    # the prediction without its node calls and without the trace, so pipec's metric scores every
-    # traced minibatch 0 and GEPA never accepts a candidate (to be fixed in programs/metrics first).
+    # GEPA with 40 metric calls: the 20-message valset scored once for the start, then about three
+    # reflective steps (a traced minibatch of 3, one reflection call, the new instruction on the same
+    # 3, the valset again only for a candidate that does better): ~45 compile calls.
+    ("gepa (40 metric calls)", "gepa", {"max_metric_calls": 40}),
     ("mipro (3 candidates, 4 trials)", "mipro", {"num_candidates": 3, "num_trials": 4, "minibatch": False}),
 )
 SEARCH_TRAIN_PER_LABEL = 1  # the search optimizers' trainset: the first train message of each intent (77)
 # A row's trainset cut to its first N messages (the first N intents met in train order), to fit its budget.
-SEARCH_TRAIN_LIMIT: dict[str, int] = {"bootstrap-rs (2 candidates, 40 train)": 40}
+SEARCH_TRAIN_LIMIT: dict[str, int] = {"bootstrap-rs (2 candidates, 40 train)": 40, "gepa (40 metric calls)": 40}
 SEARCH_VAL = 20  # their valset: the next train message of each of the first 20 intents in train order
 
 
