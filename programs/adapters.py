@@ -41,6 +41,12 @@ def _format_value(field_info: Any, value: Any) -> str:
     return format_field_value(field_info=field_info, value=value)
 
 
+def _format_fields(fields_with_values: dict[Any, Any]) -> str:
+    """DSPy's ``format_field_with_value`` for the user's side: ``[[ ## name ## ]]`` and the value."""
+    return "\n\n".join(f"[[ ## {field.name} ## ]]\n{_format_value(field.info, value)}"
+                       for field, value in fields_with_values.items()).strip()
+
+
 class _PerSignature:
     """Values computed from a signature class, kept as long as the class lives."""
 
@@ -95,8 +101,7 @@ class ChatAdapter(_Cached, dspy.ChatAdapter):
     """``dspy.ChatAdapter`` with per-signature caching (see the module docstring)."""
 
     def format_field_with_value(self, fields_with_values: dict[Any, Any]) -> str:
-        return "\n\n".join(f"[[ ## {field.name} ## ]]\n{_format_value(field.info, value)}"
-                           for field, value in fields_with_values.items()).strip()
+        return _format_fields(fields_with_values)
 
 
 class JSONAdapter(_Cached, dspy.JSONAdapter):
@@ -126,8 +131,7 @@ class JSONAdapter(_Cached, dspy.JSONAdapter):
 
     def format_field_with_value(self, fields_with_values: dict[Any, Any], role: str = "user") -> str:
         if role == "user":
-            return "\n\n".join(f"[[ ## {field.name} ## ]]\n{_format_value(field.info, value)}"
-                               for field, value in fields_with_values.items()).strip()
+            return _format_fields(fields_with_values)
         values = {field.name: value for field, value in fields_with_values.items()}
         if all(type(value) is str for value in values.values()):
             return json.dumps(values, indent=2, ensure_ascii=False)
