@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -643,7 +642,7 @@ class Store:
                               else pa.array([mlflow_run_id] * n_traces, text)),
             "source": (text, pa.array([source] * n_traces, text)),
             "inputs": (text, _json_array(encode([i or _EMPTY_OBJECT for i in t_got["inputs"]]))),
-            "outputs": (text, _json_array(encode(list(map(_outputs_reader(), traces))))),
+            "outputs": (text, _json_array(encode(list(map(attrgetter("outputs"), traces))))),
             "error": (text, t_got["error"]),
             "error_kind": (text, t_got["error_kind"]),
             "seconds": (num, [float(x or 0.0) for x in t_got["seconds"]]),
@@ -894,16 +893,18 @@ def _started_at(trace: Any) -> datetime | None:
     return getattr(trace, "started_at", None)
 
 
-def _columns(objects: list[Any], fields: Sequence[str], **default: Any) -> dict[str, list[Any]]:
-    """``{field: [o.field for o in objects]}``, one C-level map per field; with ``default=``, an
+_REQUIRED = object()  # _columns without a default: every object has every field
+
+
+def _columns(objects: list[Any], fields: Sequence[str], default: Any = _REQUIRED) -> dict[str, list[Any]]:
+    """``{field: [o.field for o in objects]}``, one C-level map per field; with ``default``, an
     object that lacks a field gives that value instead.
 
     No tuple or dict per object: many new containers alive at once set off garbage collections,
     and a full one walks the whole heap (the caller's traces too), which costs more than the append.
     """
-    if default:
-        fallback = default["default"]
-        return {name: [getattr(o, name, fallback) for o in objects] for name in fields}
+    if default is not _REQUIRED:
+        return {name: [getattr(o, name, default) for o in objects] for name in fields}
     fields = tuple(fields)
     if all(_dict_fields(kind, fields) for kind in set(map(type, objects))):
         try:  # the instances' own dicts: a key lookup is cheaper than an attribute lookup
@@ -945,28 +946,6 @@ def _is_mapping(kind: type) -> bool:
 
 
 _EMPTY_OBJECT: Mapping[str, Any] = {}  # a verdict's details when it has none (never mutated)
-
-
-def _outputs_reader() -> Callable[[Any], Any]:
-    """Reads ``trace.outputs``; a ``runner.Trace``'s DSPy prediction is read without the copy of its
-    fields the property makes (the same fields: those ``Example.items()`` keeps)."""
-    runner, dspy = sys.modules.get("experiments.runner"), sys.modules.get("dspy")
-    if runner is None or dspy is None:  # no runner.Trace in this process: nothing to read faster
-        return attrgetter("outputs")
-    trace_type, items = runner.Trace, dspy.Example.items
-
-    def read(trace: Any) -> Any:
-        prediction = trace.prediction
-        if type(trace) is trace_type and getattr(type(prediction), "items", None) is items:
-            fields = prediction._store
-            try:
-                if type(fields) is dict and "dspy_" not in "".join(fields):  # no key Example.items() drops
-                    return fields
-            except TypeError:  # a key that is not a string: the property decides
-                pass
-        return trace.outputs
-
-    return read
 
 
 def _arrow_types() -> tuple[Any, Any]:
