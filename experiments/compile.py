@@ -251,7 +251,7 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
         # whose chart in the MLflow UI is the search's trajectory.
         for step, best in getattr(plan.prepared.teleprompter, "trajectory", None) or []:
             tracker.metrics({"best_score": best}, step=step)
-        # Written by the tracker's side thread while the final evaluation keeps the LM busy.
+        # Written by the tracker's side threads while the final evaluation keeps the LM busy.
         if opts.mlflow_records:
             register_prompts(tracker, _short_name(opts.pipeline), compiled)
         if opts.mlflow_model:
