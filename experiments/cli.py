@@ -578,7 +578,8 @@ def ui(host: str, port: int) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench(name: str, as_json: bool) -> None:
-    """Run benchmark NAME: overhead, parallel, cache, local-lm, quality or store.
+    """Run benchmark NAME: overhead, parallel, cache, local-lm, quality, intents77, restaurants,
+    recording or store.
 
     Writes benchmarks/results/NAME.json (figures, date, machine, versions) and NAME.md (the table).
     """

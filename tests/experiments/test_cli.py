@@ -82,6 +82,13 @@ def test_optimizers_lists_every_one():
     assert all(name in result.output for name in ("labeled", "bootstrap-rs", "mipro", "gepa"))
 
 
+def test_bench_help_names_every_benchmark():
+    from benchmarks import BENCHMARKS
+
+    text = " ".join(run("bench", "--help").output.split())
+    assert [name for name in BENCHMARKS if name not in text] == []
+
+
 def test_runs_list_on_an_empty_store_is_a_clear_error():
     result = run("runs", "list", "--json")
     assert result.exit_code == 2 and "no MLflow experiment 'pipec'" in error_line(result)
