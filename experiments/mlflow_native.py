@@ -138,6 +138,8 @@ def log_program_model(tracker: RunTracker, program: Pipeline, *, name: str = "pr
     last LM call of a compile), and would give the compiled program the baseline's scores.
     """
     program = program.deepcopy()  # the caller's program may change while the writer saves this one
+    # As queued now: this runs on a side thread, so the writer may not have written them yet.
+    params, experiment_id = tracker.queued_params(), tracker.experiment_id
 
     def write(client: Any, run_id: str) -> None:
         import os
@@ -147,9 +149,8 @@ def log_program_model(tracker: RunTracker, program: Pipeline, *, name: str = "pr
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model
 
-        run = client.get_run(run_id)
-        model = client.create_logged_model(experiment_id=run.info.experiment_id, name=name, source_run_id=run_id,
-                                           params={k: str(v) for k, v in run.data.params.items()},
+        model = client.create_logged_model(experiment_id=experiment_id, name=name, source_run_id=run_id,
+                                           params=params,
                                            tags={"pipec.run_id": run_id})
         try:
             client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])

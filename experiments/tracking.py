@@ -109,6 +109,7 @@ class RunTracker:
         self._batch_lock = threading.Lock()
         self._batch: tuple[list[Any], list[Any], list[Any]] = ([], [], [])  # metrics, params, tags
         self._batch_queued = False
+        self._params: dict[str, str] = {}  # every param queued so far, the last value per key
 
     def _warn(self, what: str, exc: BaseException) -> None:
         warnings.warn(f"MLflow tracking: {what} failed ({type(exc).__name__}: {exc}); the job continues",
@@ -205,6 +206,7 @@ class RunTracker:
         with self._batch_lock:
             self._batch[0].extend(metrics)
             self._batch[1].extend(params)
+            self._params.update((p.key, p.value) for p in params)
             self._batch[2].extend(tags)
             if self._batch_queued:
                 return
@@ -221,6 +223,14 @@ class RunTracker:
         metrics = list({(m.key, m.step, m.timestamp, m.value): m for m in metrics}.values())
         if metrics or params or tags:
             client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+
+    def queued_params(self) -> dict[str, str]:
+        """The params queued for this run so far (written or not yet), the last value per key.
+
+        A side write must not read them back from the run: the writer may not have written them.
+        """
+        with self._batch_lock:
+            return dict(self._params)
 
     def params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -8,7 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from experiments.compile import CompileOptions, compile_pipeline
-from experiments.mlflow_native import PROMPT_ALIAS, TRACE_SAMPLE, prompt_name
+from experiments.mlflow_native import PROMPT_ALIAS, TRACE_SAMPLE, log_program_model, prompt_name
+from experiments.tracking import RunTracker
 from tests.fakes import fake_lm, triage_respond
 
 
@@ -67,6 +68,30 @@ def test_the_program_is_an_mlflow_dspy_model_that_loads_back_and_answers(compile
     served = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
     served._model_impl.dspy_settings.update(lm=lm.lm, adapter=lm.adapter)  # mlflow.dspy's wrapper: no public hook
     assert served.predict({"message": "I forgot my password"})["category"] == "account"
+
+
+def test_the_logged_model_has_the_params_queued_before_it_even_when_the_writer_is_behind():
+    # The model is saved on a side thread; the params wait on the writer, held busy here, so
+    # the model must not read them back from the run.
+    import threading
+    import time
+
+    from programs.loader import make_pipeline
+
+    client, release = MlflowClient(), threading.Event()
+    tracker = RunTracker("t")
+    with tracker.start():
+        tracker.submit("holding the writer", lambda client, run_id: release.wait(60))
+        tracker.params({"optimizer": "labeled", "nested": {"k": 1}})
+        log_program_model(tracker, make_pipeline("triage"))
+        deadline = time.monotonic() + 60
+        while not (models := client.search_logged_models(experiment_ids=[tracker.experiment_id])) \
+                or "READY" not in str(models[0].status):
+            assert time.monotonic() < deadline, "the model was not logged while the writer was busy"
+            time.sleep(0.1)
+        assert not client.get_run(tracker.run_id).data.params  # the writer has not written them
+        release.set()
+    assert models[0].params == {"optimizer": "labeled", "nested.k": "1"}
 
 
 def test_a_sample_of_the_final_evaluation_is_traced_per_node_call(compiled):
