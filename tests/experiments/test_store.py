@@ -15,7 +15,7 @@ import pytest
 from experiments.store import MIGRATIONS, SCHEMA_VERSION, VIEWS, Store, default_store_path, migrate
 from metrics.verdict import Verdict
 from programs.errors import StoreBusyError, StoreError, UserError
-from tests.store_traces import triage_trace
+from tests.store_traces import call, triage_trace
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,6 +124,64 @@ def test_batch_columns_keep_every_value_the_encoder_and_the_ids_need(tmp_path):
             {"verdict_id": "t2/reply:node:judge", "call_id": None, "node": "reply", "validator": "node",
              "passed": False, "details": {}},  # t2 never reached reply: the verdict names the trace and node
         ]
+
+
+def test_json_text_that_looks_like_structure_round_trips_exactly_and_a_verdict_takes_the_later_call(tmp_path):
+    # A batch's JSON column is encoded as one JSON array and cut at its top-level commas: quotes,
+    # backslashes, commas and brackets inside strings (and keys) must not be taken for structure.
+    tricky = {"q": 'say "a, b" [x] {y}', "\\": "C:\\dir\\", "end\\": "\\\"", "日本語,\"]": ["改行\n", {"}": "{"}],
+              "n": [1, -2.5, None, True, 10**18]}
+    first = triage_trace("t1", 'a "quoted", message]', "billing", 'reply with \\" and ,{}')
+    first.calls[0].demos = [tricky, {"message": "]}],[{"}]
+    again = call("classify", 2, "shipping", inputs=tricky)  # classify once more, after the reply
+    first.calls.append(again)
+    second = triage_trace("t2", "}", None, None)  # classify raised: its outputs are NULL, not JSON null
+    verdicts = {"t1": {"classify": Verdict(0.0, False, "x", tricky)}, "t2": {"classify": Verdict(1.0, True)}}
+    with Store.open(tmp_path / "s.duckdb") as store:
+        assert store.append_traces([first, second], verdicts) == 4
+        calls = store.query("SELECT call_id, inputs, outputs, demos FROM node_calls ORDER BY call_id")
+        assert [c["call_id"] for c in calls] == ["t1/0", "t1/1", "t1/2", "t2/0"]
+        assert calls[0]["demos"] == [tricky, {"message": "]}],[{"}] and calls[2]["inputs"] == tricky
+        assert calls[1]["outputs"] == {"reply": 'reply with \\" and ,{}'}
+        assert calls[3]["outputs"] is None and calls[3]["demos"] == []
+        assert store.query("SELECT count(*) AS n FROM node_calls WHERE outputs IS NULL") == [{"n": 1}]
+        [trace] = store.query("SELECT inputs FROM traces WHERE trace_id = 't1'")
+        assert trace["inputs"] == {"message": 'a "quoted", message]'}
+        rows = store.query("SELECT call_id, details FROM verdicts ORDER BY call_id")
+        assert rows == [{"call_id": "t1/2", "details": tricky}, {"call_id": "t2/0", "details": {}}]
+
+
+def test_one_json_array_is_cut_into_the_values_one_call_per_value_would_write():
+    import random
+
+    import orjson
+
+    from experiments.store import _split_json_list
+
+    pieces = ['"', "\\", ",", "[", "]", "{", "}", "a", "日", " ", "\n", ":", '\\"', "\\\\", '\\\\"']
+    rng = random.Random(7)
+
+    def text():
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+
+    def value(depth=0):
+        pick = rng.random()
+        if depth > 3 or pick < 0.3:
+            return text()
+        if pick < 0.4:
+            return rng.choice([1, -2.5, None, True, 10**18])
+        if pick < 0.7:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {text(): value(depth + 1) for _ in range(rng.randint(0, 3))}
+
+    for _ in range(500):
+        values = [value() for _ in range(rng.randint(0, 12))]
+        valid = [rng.random() < 0.8 for _ in values]
+        cut = _split_json_list(orjson.dumps(values), len(values), valid)
+        assert cut is not None, values  # the fast path, not the value-by-value fallback
+        want = [orjson.dumps(v).decode() if ok else None for v, ok in zip(values, valid, strict=True)]
+        assert cut.to_pylist() == want, values
+    assert _split_json_list(b'["a","b"]', 3) is None  # not the values expected: the caller encodes one by one
 
 
 def test_a_batch_is_one_transaction(tmp_path):
@@ -357,7 +415,7 @@ from experiments.store import Store
 with Store.open(sys.argv[1]) as store:
     print(os.getpid(), flush=True)
     sys.stdin.readline()
-    from tests.store_traces import triage_trace
+    from tests.store_traces import call, triage_trace
     store.append_traces([triage_trace("held", "x", "billing", "ok")])
 """
 
@@ -368,7 +426,7 @@ from programs.errors import StoreBusyError
 print("opening", flush=True)
 try:
     with Store.open(sys.argv[1], wait=float(sys.argv[2])) as store:
-        from tests.store_traces import triage_trace
+        from tests.store_traces import call, triage_trace
         store.append_traces([triage_trace("second", "y", "refund", "ok")])
 except StoreBusyError as exc:
     print(str(exc))
