@@ -65,6 +65,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_WAIT_SECONDS = 3.0  # how long a second process waits for the store before StoreBusyError
+CHECKPOINT_THRESHOLD = "64MB"  # the WAL size at which a writer's commit checkpoints (Store.__init__)
 
 
 def default_store_path(path: str | os.PathLike | None = None) -> Path:
@@ -443,6 +444,17 @@ class Store:
 
     def __init__(self, con: Any, path: Path, read_only: bool) -> None:
         con.execute("SET enable_progress_bar = false")  # this connection only: no bars on the user's terminal
+        if not read_only:
+            # This file's database (not the process: another file opened in the same process keeps
+            # its own): DuckDB checkpoints when the WAL passes this size, rewriting the table's
+            # last row groups in the commit that crossed it. At DuckDB's 16 MB a 10,000-row batch
+            # (6.7 MB of WAL) checkpoints every other commit, and a 50,000-row one every commit;
+            # at 64 MB the checkpoints are four times rarer and DuckDB's work per row, the final
+            # checkpoint at close included, measured ~20% lower (153-171 -> 132 ms of CPU per
+            # 10,000 rows). The price: a process killed with a full WAL replays it on the next open
+            # (~0.4 s for 60 MB, measured; committed rows are in the WAL either way), and a close
+            # checkpoints up to 64 MB (~0.4 s).
+            con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self._con = con
         self.path = path
         self.read_only = read_only
@@ -1063,6 +1075,17 @@ def _json_column(values: list[Any], valid: list[bool] | None = None) -> Any:
 _QUOTE, _BACKSLASH, _COMMA, _OPEN, _CLOSE, _OPEN_OBJECT, _CLOSE_OBJECT = map(ord, '"\\,[]{}')
 
 
+def _depth_steps() -> Any:
+    import numpy as np
+
+    steps = np.zeros(256, dtype=np.int8)
+    steps[[_OPEN, _OPEN_OBJECT]], steps[[_CLOSE, _CLOSE_OBJECT]] = 1, -1
+    return steps
+
+
+_DEPTH_STEP = _depth_steps()  # by byte: +1 opens an array or object, -1 closes one
+
+
 def _split_json_list(data: bytes, n: int, valid: list[bool] | None = None) -> Any:
     """The ``n`` values of a compact JSON array (orjson's output) as an Arrow string array: the
     array's bytes without its brackets and top-level commas, and offsets; None when the text is not
@@ -1082,9 +1105,8 @@ def _split_json_list(data: bytes, n: int, valid: list[bool] | None = None) -> An
     raw = np.frombuffer(data, dtype=np.uint8)
     if len(raw) < 2 or raw[0] != _OPEN or raw[-1] != _CLOSE:
         return None
-    special = ((raw == _QUOTE) | (raw == _COMMA) | (raw == _OPEN) | (raw == _CLOSE) | (raw == _OPEN_OBJECT)
-               | (raw == _CLOSE_OBJECT))
-    at = np.flatnonzero(special)
+    folded = raw | 0x20  # [ and { fold to {, ] and } to }; nothing else folds to either
+    at = np.flatnonzero((raw == _QUOTE) | (raw == _COMMA) | (folded == _OPEN_OBJECT) | (folded == _CLOSE_OBJECT))
     kind = raw[at]
     quote = kind == _QUOTE
     quotes = at[quote]
@@ -1102,10 +1124,12 @@ def _split_json_list(data: bytes, n: int, valid: list[bool] | None = None) -> An
         real[np.flatnonzero(quote)[odd]] = False
     else:
         real = quote
-    outside = (np.cumsum(real) % 2 == 0) & ~quote
-    step = np.where(outside & ((kind == _OPEN) | (kind == _OPEN_OBJECT)), 1,
-                    np.where(outside & ((kind == _CLOSE) | (kind == _CLOSE_OBJECT)), -1, 0))
-    commas = at[outside & (kind == _COMMA) & (np.cumsum(step) == 1)]
+    # Inside a string: an odd number of delimiting quotes up to here (a closing quote counts as outside,
+    # and is dropped with the other quotes by its kind).
+    outside = np.bitwise_xor.accumulate(real.view(np.uint8)) == 0
+    at, kind = at[outside], kind[outside]
+    depth = np.cumsum(_DEPTH_STEP[kind], dtype=np.int16)  # orjson nests at most 255 deep
+    commas = at[(kind == _COMMA) & (depth == 1)]
     if len(commas) != n - 1:
         return None
     keep = np.ones(len(raw), dtype=bool)

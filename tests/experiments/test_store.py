@@ -184,6 +184,21 @@ def test_one_json_array_is_cut_into_the_values_one_call_per_value_would_write():
     assert _split_json_list(b'["a","b"]', 3) is None  # not the values expected: the caller encodes one by one
 
 
+def test_a_writer_checkpoints_at_its_own_threshold_and_leaves_other_databases_at_duckdbs(tmp_path):
+    from experiments.store import CHECKPOINT_THRESHOLD
+
+    other = duckdb.connect(str(tmp_path / "other.duckdb"))  # another database in this process
+    default = other.execute("SELECT current_setting('checkpoint_threshold')").fetchall()
+    with Store.open(tmp_path / "s.duckdb") as store:
+        [mine] = store.query("SELECT current_setting('checkpoint_threshold') AS v")
+        with duckdb.connect() as memory:  # how DuckDB spells the threshold back
+            want = memory.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'; "
+                                  "SELECT current_setting('checkpoint_threshold')").fetchall()
+        assert mine["v"] == want[0][0] != default[0][0]
+        assert other.execute("SELECT current_setting('checkpoint_threshold')").fetchall() == default
+    other.close()
+
+
 def test_a_batch_is_one_transaction(tmp_path):
     with Store.open(tmp_path / "s.duckdb") as store:
         store.append_traces([triage_trace("t1", "a", "billing", "ok")])
