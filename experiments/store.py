@@ -1042,10 +1042,10 @@ def _json_array(encoded: list[str | bytes], valid: list[bool] | None = None) -> 
     return pa.ExtensionArray.from_storage(_JSON_TYPE, storage)
 
 
-def _json_column(values: list[Any], valid: list[bool] | None = None) -> Any:
-    """``values`` as an Arrow ``json`` column: the whole list encoded by one orjson call, then cut
-    at its top-level commas (``_split_json_list``) into the column's values, without a Python object
-    per value.
+def _json_column(values: Sequence[Any], valid: Sequence[bool] | None = None) -> Any:
+    """``values`` as an Arrow ``json`` column: the whole list encoded by one orjson call, with a NUL
+    byte between the values (``_separated``), then cut at the NULs (``_split_json_list``), without
+    a Python object per value.
 
     One orjson call per value costs ten times more than one call for the list (each call allocates
     a 1 KB buffer outside Python's allocator, then shrinks it: measured 3.8 µs against 0.2 µs per
@@ -1053,98 +1053,79 @@ def _json_column(values: list[Any], valid: list[bool] | None = None) -> Any:
     encode whole (a key that is not a string, an integer beyond 64 bits) goes through
     ``_encode_batch``, value by value.
     """
-    try:
-        import orjson
-    except ImportError:  # pragma: no cover - DSPy depends on orjson
-        return _json_array(_encode_batch(values), valid)
-    try:
-        data = orjson.dumps(values)
-    except orjson.JSONEncodeError:
-        try:
-            data = orjson.dumps(values, default=_json_default)
-        except orjson.JSONEncodeError:
-            return _json_array(_encode_batch(values), valid)
-    storage = _split_json_list(data, len(values), valid)
-    if storage is None:  # pragma: no cover - orjson wrote something the splitter does not expect
-        return _json_array(_encode_batch(values), valid)
     import pyarrow as pa
 
+    storage = None
+    if _SEPARATOR is not None:
+        try:
+            data = _dumps(_separated(values))
+        except _DUMPS_ERROR:
+            try:
+                data = _dumps(_separated(values), default=_json_default)
+            except _DUMPS_ERROR:
+                data = None
+        if data is not None:
+            storage = _split_json_list(data, len(values), valid)
+    if storage is None:  # no orjson, or a value it refuses: value by value
+        return _json_array(_encode_batch(list(values)), None if valid is None else list(valid))
     return pa.ExtensionArray.from_storage(pa.json_(storage.type), storage)
 
 
-_QUOTE, _BACKSLASH, _COMMA, _OPEN, _CLOSE, _OPEN_OBJECT, _CLOSE_OBJECT = map(ord, '"\\,[]{}')
+def _orjson() -> tuple[Any, Any, Any]:
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - DSPy depends on orjson
+        return None, None, None
+    # A fragment is written as it is: a NUL byte, which orjson never writes itself (a string's
+    # control characters are escaped as \u0000 and the like, and there are none outside strings).
+    return orjson.dumps, orjson.JSONEncodeError, orjson.Fragment(b"\x00")
 
 
-def _depth_steps() -> Any:
-    import numpy as np
-
-    steps = np.zeros(256, dtype=np.int8)
-    steps[[_OPEN, _OPEN_OBJECT]], steps[[_CLOSE, _CLOSE_OBJECT]] = 1, -1
-    return steps
+_dumps, _DUMPS_ERROR, _SEPARATOR = _orjson()
 
 
-_DEPTH_STEP = _depth_steps()  # by byte: +1 opens an array or object, -1 closes one
+def _separated(values: Sequence[Any]) -> list[Any]:
+    """``[v0, SEP, v1, SEP, ..., vN]``: orjson writes it as ``[v0,<NUL>,v1,<NUL>,...,vN]``."""
+    out = [_SEPARATOR] * (2 * len(values) - 1) if values else []
+    out[::2] = values
+    return out
 
 
-def _split_json_list(data: bytes, n: int, valid: list[bool] | None = None) -> Any:
-    """The ``n`` values of a compact JSON array (orjson's output) as an Arrow string array: the
-    array's bytes without its brackets and top-level commas, and offsets; None when the text is not
-    ``n`` values.
+def _split_json_list(data: bytes, n: int, valid: Sequence[bool] | None = None) -> Any:
+    """The ``n`` values of orjson's encoding of ``_separated(values)`` as an Arrow string array: the
+    bytes without the brackets and the ``,NUL,`` between the values, and offsets; None when the
+    text is not ``n`` values so separated.
 
-    A comma is top-level when it is outside strings and one bracket deep. Outside strings is found
-    from the quotes: in orjson's output a quote inside a string is escaped (``\\"``) and a backslash
-    too (``\\\\``), so a quote delimits a string unless an odd run of backslashes precedes it;
-    UTF-8 bytes of other characters are never ASCII. numpy does the passes, over the special bytes
-    only once they are found.
+    A NUL byte is found by one comparison over the bytes: no parsing of strings, escapes or
+    nesting (measured ~4x cheaper than finding the top-level commas).
     """
     import numpy as np
     import pyarrow as pa
 
-    if n == 0:
-        return pa.array([], pa.string()) if data == b"[]" else None
     raw = np.frombuffer(data, dtype=np.uint8)
     if len(raw) < 2 or raw[0] != _OPEN or raw[-1] != _CLOSE:
         return None
-    folded = raw | 0x20  # [ and { fold to {, ] and } to }; nothing else folds to either
-    at = np.flatnonzero((raw == _QUOTE) | (raw == _COMMA) | (folded == _OPEN_OBJECT) | (folded == _CLOSE_OBJECT))
-    kind = raw[at]
-    quote = kind == _QUOTE
-    quotes = at[quote]
-    escaped = raw[quotes - 1] == _BACKSLASH  # the opening bracket comes first: quotes - 1 >= 0
-    if escaped.any():  # the backslash run before each such quote: odd escapes it
-        which = np.flatnonzero(escaped)
-        run, odd = 1, np.zeros(len(quotes), dtype=bool)
-        while len(which):
-            longer = raw[quotes[which] - run - 1] == _BACKSLASH
-            done = which[~longer]
-            odd[done] = run % 2 == 1
-            which = which[longer]
-            run += 1
-        real = quote.copy()
-        real[np.flatnonzero(quote)[odd]] = False
-    else:
-        real = quote
-    # Inside a string: an odd number of delimiting quotes up to here (a closing quote counts as outside,
-    # and is dropped with the other quotes by its kind).
-    outside = np.bitwise_xor.accumulate(real.view(np.uint8)) == 0
-    at, kind = at[outside], kind[outside]
-    depth = np.cumsum(_DEPTH_STEP[kind], dtype=np.int16)  # orjson nests at most 255 deep
-    commas = at[(kind == _COMMA) & (depth == 1)]
-    if len(commas) != n - 1:
+    nul = np.flatnonzero(raw == 0)
+    if len(nul) != max(n - 1, 0) or (len(nul) and ((raw[nul - 1] != _COMMA).any() or (raw[nul + 1] != _COMMA).any())):
         return None
+    if n == 0:
+        return pa.array([], pa.string()) if len(raw) == 2 else None
     keep = np.ones(len(raw), dtype=bool)
     keep[0] = keep[-1] = False
-    keep[commas] = False
+    keep[nul - 1] = keep[nul] = keep[nul + 1] = False
     body = raw[keep]
     offsets = np.empty(n + 1, dtype=np.int64)
     offsets[0], offsets[n] = 0, len(body)
-    offsets[1:n] = commas - np.arange(1, n)  # value i starts after comma i-1, less the i-1 commas and the bracket
+    offsets[1:n] = nul - 3 * np.arange(n - 1) - 2  # value i+1 starts at NUL i + 2, less the bracket and i+1 separators
     large = len(body) >= 2**31
     validity = None if valid is None else pa.py_buffer(np.packbits(np.asarray(valid, dtype=bool), bitorder="little"))
     nulls = -1 if valid is None else n - int(np.count_nonzero(valid))
     return pa.Array.from_buffers(pa.large_string() if large else pa.string(), n,
                                  [validity, pa.py_buffer(offsets if large else offsets.astype(np.int32)),
                                   pa.py_buffer(body)], null_count=nulls)
+
+
+_OPEN, _CLOSE, _COMMA = map(ord, "[],")
 
 
 _JSON_COLUMNS = {(t, c): "json" for t, c in (("traces", "inputs"), ("traces", "outputs"), ("node_calls", "inputs"),

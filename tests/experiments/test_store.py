@@ -156,9 +156,9 @@ def test_one_json_array_is_cut_into_the_values_one_call_per_value_would_write():
 
     import orjson
 
-    from experiments.store import _split_json_list
+    from experiments.store import _separated, _split_json_list
 
-    pieces = ['"', "\\", ",", "[", "]", "{", "}", "a", "日", " ", "\n", ":", '\\"', "\\\\", '\\\\"']
+    pieces = ['"', "\\", ",", "[", "]", "{", "}", "a", "日", " ", "\n", "\x00", ":", '\\"', "\\\\", '\\\\"']
     rng = random.Random(7)
 
     def text():
@@ -177,11 +177,13 @@ def test_one_json_array_is_cut_into_the_values_one_call_per_value_would_write():
     for _ in range(500):
         values = [value() for _ in range(rng.randint(0, 12))]
         valid = [rng.random() < 0.8 for _ in values]
-        cut = _split_json_list(orjson.dumps(values), len(values), valid)
+        cut = _split_json_list(orjson.dumps(_separated(values)), len(values), valid)
         assert cut is not None, values  # the fast path, not the value-by-value fallback
         want = [orjson.dumps(v).decode() if ok else None for v, ok in zip(values, valid, strict=True)]
         assert cut.to_pylist() == want, values
-    assert _split_json_list(b'["a","b"]', 3) is None  # not the values expected: the caller encodes one by one
+    # Not the values expected: None, and the caller encodes value by value.
+    assert _split_json_list(orjson.dumps(_separated(["a", "b"])), 3) is None
+    assert _split_json_list(b'["a","b"]', 2) is None and _split_json_list(b'["a"\x00"b"]', 2) is None
 
 
 def test_a_writer_checkpoints_at_its_own_threshold_and_leaves_other_databases_at_duckdbs(tmp_path):
