@@ -31,7 +31,7 @@ from experiments.program_meta import program_meta, stamp_program
 from experiments.repeats import repeat_lm, resampling
 from experiments.resume import recorded_options
 from experiments.stage import Stage, pipeline_params, run_stage, versions
-from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, tracking_uri
+from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, start_writer, tracking_uri
 from metrics.pipeline_metric import PipelineMetric
 from optimizers.params import parse_params
 from optimizers.registry import prepare_optimizer, spec_for
@@ -71,6 +71,7 @@ class CompileOptions:
     prompt_lm: str | LMConfig | None = None  # the LM that writes prompts (textual optimizers); the task LM if None
     store: str | None = None  # the flywheel store a store: trainset reads; $PIPEC_STORE or $PIPEC_HOME if None
     preflight: bool = True  # every remote LM answers one tiny request before the run (experiments.preflight)
+    tracking_process: bool = True  # MLflow writes from a process of their own (experiments.tracking_writer)
 
 
 def render_prompts(program: Pipeline, adapter: Any) -> dict[str, str]:
@@ -211,11 +212,13 @@ def compile_pipeline(opts: CompileOptions, say: Callable[[str], None] = logger.i
     Raises:
         UserError: Bad pipeline, dataset, optimizer or setting, before any run is started.
     """
+    if opts.tracking_process:
+        start_writer()
     plan = _plan(opts)
     checked = preflight(plan.lms, say=say) if opts.preflight else None
     say(f"Valset: {plan.val_source}.")
     tracker = RunTracker(opts.experiment, run_name=f"{opts.pipeline.split(':')[-1]}-{opts.optimizer}",
-                         tags={"pipec.kind": "compile", **opts.extra_tags})
+                         tags={"pipec.kind": "compile", **opts.extra_tags}, in_process=not opts.tracking_process)
     started = time.perf_counter()
     with tracker.start(), dspy.context(lm=plan.lm.lm, adapter=plan.lm.adapter), \
             raise_config_errors(*(lm for _, lm in plan.lms)):

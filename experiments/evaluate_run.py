@@ -24,7 +24,7 @@ from experiments.preflight import lms_in, preflight
 from experiments.program_meta import read_program_meta
 from experiments.repeats import repeat_lm, resampling
 from experiments.stage import pipeline_params, run_stage
-from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, tracking_uri
+from experiments.tracking import DEFAULT_EXPERIMENT, RunTracker, start_writer, tracking_uri
 from metrics.pipeline_metric import PipelineMetric
 from programs.builtin import BUILTINS, builtin_dataset
 from programs.errors import ConfigError, DatasetError, PipelineError
@@ -142,6 +142,7 @@ def evaluate_pipeline(opts: EvaluateOptions, say: Callable[[str], None] = logger
     Raises:
         UserError: Bad target, program, devset, setting or rule, before any run is started.
     """
+    start_writer()
     plan = _plan(opts)
     lms = lms_in(("--lm", plan.lm), ("--judge-lm", plan.judge))
     checked = preflight(lms, say=say) if opts.preflight else None

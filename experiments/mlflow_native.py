@@ -21,12 +21,15 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dspy
+from experiments.tracking_writer import call_with
 
-from experiments.tracking import RunTracker
-from programs.pipeline import Pipeline
+if TYPE_CHECKING:  # the tracker's writer process imports this module for its trace writes: no DSPy there
+    import dspy
+
+    from experiments.tracking import RunTracker
+    from programs.pipeline import Pipeline
 
 __all__ = ["PROMPT_ALIAS", "TRACE_SAMPLE", "log_dataset", "log_datasets", "log_program_model", "log_traces",
            "prompt_name", "register_prompts"]
@@ -194,37 +197,41 @@ def log_traces(tracker: RunTracker, pipeline: str, stage: str, report: Any, exam
     """
     rows = _trace_rows(report, examples, sample)
     experiment_id = tracker.experiment_id
+    # The spans are MLflow's live objects: the whole write runs where the client is.
+    tracker.submit("logging traces", lambda client, run_id: call_with(
+        client, _write_traces, run_id, experiment_id, pipeline, stage, rows), side=True)
 
-    def write(client: Any, run_id: str) -> None:
-        written: dict[str, int] = {}  # trace id -> its spans
-        for row in rows:
-            end = time.time_ns()
-            start = end - int(row["seconds"] * 1e9)
-            root = client.start_trace(
-                name=pipeline, span_type="CHAIN", inputs=row["inputs"], experiment_id=experiment_id,
-                run_id=run_id, start_time_ns=start,
-                tags={"pipec.stage": stage, "pipec.example": str(row["index"])},
-                attributes={"pipec.score": row["score"],
-                            "pipec.verdicts": json.dumps(row["verdicts"], ensure_ascii=False)})
-            at = start
-            for call in row["calls"]:
-                span = client.start_span(
-                    name=call["node"], trace_id=root.trace_id, parent_id=root.span_id, span_type="LLM",
-                    inputs=call["inputs"], start_time_ns=at,
-                    attributes={k: call.get(k) for k in ("kind", "position", "lm_calls", "prompt_tokens",
-                                                         "completion_tokens", "seconds")})
-                at += int((call.get("seconds") or 0.0) * 1e9)
-                status = "ERROR" if call.get("error") else "OK"
-                if call.get("error"):
-                    span.set_attribute("pipec.error", call["error"])
-                client.end_span(trace_id=root.trace_id, span_id=span.span_id, outputs=call.get("outputs"),
-                                status=status, end_time_ns=max(at, start))
-            client.end_trace(root.trace_id, outputs=row["outputs"], status="ERROR" if row["error"] else "OK",
-                             end_time_ns=max(end, at))
-            written[root.trace_id] = 1 + len(row["calls"])
-        _wait_for_traces(client, written)
 
-    tracker.submit("logging traces", write, side=True)
+def _write_traces(client: Any, run_id: str, experiment_id: str | None, pipeline: str, stage: str,
+                  rows: Sequence[Mapping[str, Any]]) -> None:
+    """Writes :func:`log_traces`' rows as traces of ``run_id`` and waits until they are stored."""
+    written: dict[str, int] = {}  # trace id -> its spans
+    for row in rows:
+        end = time.time_ns()
+        start = end - int(row["seconds"] * 1e9)
+        root = client.start_trace(
+            name=pipeline, span_type="CHAIN", inputs=row["inputs"], experiment_id=experiment_id,
+            run_id=run_id, start_time_ns=start,
+            tags={"pipec.stage": stage, "pipec.example": str(row["index"])},
+            attributes={"pipec.score": row["score"],
+                        "pipec.verdicts": json.dumps(row["verdicts"], ensure_ascii=False)})
+        at = start
+        for call in row["calls"]:
+            span = client.start_span(
+                name=call["node"], trace_id=root.trace_id, parent_id=root.span_id, span_type="LLM",
+                inputs=call["inputs"], start_time_ns=at,
+                attributes={k: call.get(k) for k in ("kind", "position", "lm_calls", "prompt_tokens",
+                                                     "completion_tokens", "seconds")})
+            at += int((call.get("seconds") or 0.0) * 1e9)
+            status = "ERROR" if call.get("error") else "OK"
+            if call.get("error"):
+                span.set_attribute("pipec.error", call["error"])
+            client.end_span(trace_id=root.trace_id, span_id=span.span_id, outputs=call.get("outputs"),
+                            status=status, end_time_ns=max(at, start))
+        client.end_trace(root.trace_id, outputs=row["outputs"], status="ERROR" if row["error"] else "OK",
+                         end_time_ns=max(end, at))
+        written[root.trace_id] = 1 + len(row["calls"])
+    _wait_for_traces(client, written)
 
 
 def _wait_for_traces(client: Any, written: Mapping[str, int], timeout: float = 10.0) -> None:

@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_EXPERIMENT", "RunTracker", "code_version", "failure_tags", "flatten", "tracking_uri"]
+__all__ = ["DEFAULT_EXPERIMENT", "RunTracker", "code_version", "failure_tags", "flatten", "start_writer",
+           "tracking_uri"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,17 @@ def failure_tags(exc: BaseException) -> dict[str, str]:
             "pipec.failure.reason": reason if isinstance(reason, str) else type(exc).__name__}
 
 
+def start_writer() -> None:
+    """Starts the trackers' writer process now, so its start-up overlaps the caller's own work
+    (loading data and LMs) instead of delaying the run's first writes. Best-effort."""
+    from experiments.tracking_writer import shared_process
+
+    try:
+        shared_process()
+    except OSError:
+        pass  # RunTracker.start says so, and writes from this process
+
+
 class RunTracker:
     """One MLflow run; every logging call is best-effort and written in the background.
 
@@ -90,11 +102,16 @@ class RunTracker:
     store in order, so a compile never waits on the store (a sqlite commit costs milliseconds
     to tens of milliseconds of fsync) while it has LM work to do. Leaving :meth:`start` waits
     for every queued write, then ends the run; a write that failed is a warning then.
+
+    The writes' client calls run in a process of their own (``experiments.tracking_writer``):
+    the store's SQLAlchemy CPU, seconds per compile, would otherwise compete with the compile
+    for this process's interpreter lock. ``in_process=True`` keeps the client here.
     """
 
     def __init__(self, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-                 tags: Mapping[str, str] | None = None) -> None:
+                 tags: Mapping[str, str] | None = None, *, in_process: bool = False) -> None:
         self.experiment = experiment
+        self.in_process = in_process
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.run_id: str | None = None
@@ -118,7 +135,6 @@ class RunTracker:
     @contextmanager
     def start(self) -> Iterator[RunTracker]:
         import mlflow
-        from mlflow.tracking import MlflowClient
 
         from experiments.liveness import TrackingStoreError, mark_killed_runs, process_tags
 
@@ -128,7 +144,7 @@ class RunTracker:
             # The process owning the run, so a later command can tell when it is gone (KILLED).
             run = mlflow.start_run(run_name=self.run_name, tags={**process_tags(), **self.tags})
             self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
-            self._client = MlflowClient()
+            self._client = self._open_client(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
         except TrackingStoreError:  # a mistyped tracking URI: one line and exit 2, not a job without its run
             raise
         except Exception as exc:
@@ -161,6 +177,21 @@ class RunTracker:
                 mlflow.end_run(status=status)
             except Exception as exc:
                 self._warn("ending the run", exc)
+
+    def _open_client(self, tracking_uri: str, registry_uri: str | None) -> Any:
+        """The client the writes use: in the writer process (``experiments.tracking_writer``), or
+        in this process when that one cannot start."""
+        from mlflow.tracking import MlflowClient
+
+        from experiments.tracking_writer import RemoteClient, shared_process
+
+        if self.in_process or ":memory:" in tracking_uri:  # a store only this process can see
+            return MlflowClient()
+        try:
+            return RemoteClient(shared_process(), tracking_uri, registry_uri)
+        except OSError as exc:
+            self._warn("starting the writer process", exc)
+            return MlflowClient()
 
     def submit(self, what: str, write: Callable[[Any, str], None], *, side: bool = False) -> None:
         """Queues ``write(client, run_id)`` (an ``MlflowClient`` and this run's id) for the writer.
@@ -251,5 +282,6 @@ class RunTracker:
 
     def file(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Logs the file at ``path`` (it must stay there until the run ends)."""
+        path = os.path.abspath(path)  # the writer process has a working directory of its own
         self.submit(f"logging artifact {path}",
-                    lambda client, run_id: client.log_artifact(run_id, str(path), artifact_path))
+                    lambda client, run_id: client.log_artifact(run_id, path, artifact_path))
