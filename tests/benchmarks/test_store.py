@@ -13,6 +13,8 @@ def test_the_store_benchmark_writes_rows_per_second_per_batch_size(tmp_path):
     for size, figures in result["batch_sizes"].items():
         assert figures["rows"] == figures["batches"] * int(size)
         assert figures["rows_per_second_median"] > 0 and figures["rows_per_cpu_second_median"] > 0
+        assert figures["close_seconds"] > 0
+        assert figures["rows_per_second_overall_with_close"] < figures["rows_per_second_overall"]
     document = json.loads((tmp_path / "store.json").read_text(encoding="utf-8"))
     assert document["target_rows_per_second"] == 50_000 and "machine" in document
     assert "rows/s (median batch)" in (tmp_path / "store.md").read_text(encoding="utf-8")
