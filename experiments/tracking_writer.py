@@ -133,12 +133,19 @@ class WriterProcess:
             future.set_exception(WriterGoneError(self._gone))
 
     def close(self, timeout: float = 30.0) -> None:
-        """Closes its input and waits for it to exit (it has answered every call by then)."""
+        """Closes its input and waits for it to exit (it has answered every call by then).
+
+        With no call unanswered there is nothing left to write, and it is stopped at once: a
+        command that ends early (bad input) does not wait for it to finish importing MLflow.
+        """
         with self._send_lock:
+            idle = not self._pending
             try:
                 self._proc.stdin.close()
             except OSError:
                 pass
+        if idle and self._proc.poll() is None:
+            self._proc.kill()
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
