@@ -112,25 +112,31 @@ class WriterProcess:
 
     def _read_replies(self) -> None:
         stream = self._proc.stdout
-        while True:
-            header = _read_exact(stream, _HEADER.size)
-            body = _read_exact(stream, _HEADER.unpack(header)[0]) if header else None
-            if body is None:
-                break
-            request, ok, value = pickle.loads(body)
-            future = self._pending.pop(request, None)
-            if future is None:
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(_error(value))
-        with self._send_lock:
-            code = self._proc.poll()
-            self._gone = "the MLflow writer process exited" + (f" (status {code})" if code is not None else "")
-            pending, self._pending = self._pending, {}
-        for future in pending.values():
-            future.set_exception(WriterGoneError(self._gone))
+        try:
+            while True:
+                header = _read_exact(stream, _HEADER.size)
+                body = _read_exact(stream, _HEADER.unpack(header)[0]) if header else None
+                if body is None:
+                    break
+                future = self._pending.pop(_HEADER.unpack(body[:_HEADER.size])[0], None)
+                if future is None:
+                    continue
+                try:
+                    ok, value = pickle.loads(body[_HEADER.size:])
+                except Exception as exc:  # a result this process cannot load: that call fails, not the pipe
+                    future.set_exception(RemoteError(f"its reply could not be read ({type(exc).__name__}: {exc})"))
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(_error(value))
+        finally:  # the pipe closed (or broke): every call still waiting fails, none waits forever
+            with self._send_lock:
+                code = self._proc.poll()
+                self._gone = ("the MLflow writer process exited" + (f" (status {code})" if code is not None else ""))
+                pending, self._pending = self._pending, {}
+            for future in pending.values():
+                future.set_exception(WriterGoneError(self._gone))
 
     def close(self, timeout: float = 30.0) -> None:
         """Closes its input and waits for it to exit (it has answered every call by then).
@@ -286,17 +292,16 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
                          else getattr(client, target)(*args, **kwargs))
             finally:
                 leave()
-            data = pickle.dumps((request, True, value), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps((True, value), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # the caller gets it, as itself when it pickles
             try:
                 pickled = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
                 pickle.loads(pickled)
             except Exception:
                 pickled = None
-            data = pickle.dumps((request, False, (f"{type(exc).__name__}: {exc}", pickled)),
-                                protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps((False, (f"{type(exc).__name__}: {exc}", pickled)), protocol=pickle.HIGHEST_PROTOCOL)
         with reply_lock:
-            _write_message(replies, data)
+            _write_message(replies, _HEADER.pack(request) + data)
 
     with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="pipec-writer") as pool:
         while True:

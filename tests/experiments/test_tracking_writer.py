@@ -2,6 +2,7 @@
 never outlives the process it serves."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -107,3 +108,29 @@ def test_calls_that_go_through_mlflows_global_uri_reach_their_own_store(tmp_path
         version = remote.register_prompt(name=f"p-{name}", template="こんにちは {{x}}")
         remote.link_prompt_version_to_run(run.info.run_id, version)
         assert f"p-{name}" in local.get_run(run.info.run_id).data.tags["mlflow.linkedPrompts"]
+
+
+class _PickyError(Exception):
+    def __init__(self, what, where):  # two arguments: pickle cannot rebuild it from its args
+        super().__init__(f"{what} at {where}")
+
+
+def _raise_picky(client):
+    raise _PickyError("壊れた", "書き込み")
+
+
+def _unpicklable_result(client):
+    return lambda: None
+
+
+def test_errors_and_results_that_cannot_cross_the_pipe_fail_their_call_only():
+    from experiments.tracking_writer import RemoteError
+
+    client = RemoteClient(shared_process(), mlflow.get_tracking_uri())
+    with pytest.raises(RemoteError, match="_PickyError: 壊れた at 書き込み"):
+        client.call(_raise_picky)
+    with pytest.raises((AttributeError, pickle.PicklingError), match="pickle"):  # its result: raised there, as itself
+        client.call(_unpicklable_result)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        client.call(lambda c: None)  # not sent at all: a lambda does not pickle by name
+    assert client.search_experiments()  # the pipe still works
