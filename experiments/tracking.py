@@ -196,6 +196,11 @@ class RunTracker:
     def submit(self, what: str, write: Callable[[Any, str], None], *, side: bool = False) -> None:
         """Queues ``write(client, run_id)`` (an ``MlflowClient`` and this run's id) for the writer.
 
+        The client is usually ``experiments.tracking_writer.RemoteClient``: its calls run in the
+        writer process, so their arguments must pickle and name files by absolute paths, and
+        a write that needs MLflow's live objects (trace spans) runs whole there, through
+        ``experiments.tracking_writer.call_with``.
+
         Args:
             what: What the write does, for the warning if it fails ("logging metrics").
             write: The write; it runs on the writer thread, after every write queued before it.
