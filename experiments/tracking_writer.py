@@ -14,8 +14,9 @@ exists while the call runs).
 spans) or does its own CPU-heavy work.
 
 One writer process serves every tracker of a process (:func:`shared_process`, started on first
-use, whatever the tracking URIs: each call names its own), so its start-up (importing MLflow,
-about a second of CPU on the other core) is paid once per process, like an import. It ends when
+use, whatever the tracking URIs: each call names its own), so its start-up (importing MLflow
+and opening the store: seconds, on the other core; ``pipec bench overhead`` measures it) is paid
+once per process, like an import. It ends when
 its input closes: when this process exits (``kill -9`` included), after the calls it has
 already received.
 
@@ -44,7 +45,7 @@ _THREADS = 4
 
 
 class WriterGoneError(RuntimeError):
-    """The writer process has exited (or never started); the call was not made."""
+    """The writer process has exited: the call was not made, or its outcome is unknown."""
 
 
 class RemoteError(RuntimeError):
