@@ -260,14 +260,13 @@ def run(rounds: int = ROUNDS, sizes: dict[str, dict[str, int]] | None = None,
                         memory_uri)
         startup = _writer_startup()
     fits = {c: _fit(at0["small"], at0["large"], c) for c in ("plain", "plain_cached", "pipec", "pipec_in_process")}
-    ((plain_fixed, plain_marginal), (same_fixed, same_marginal), (pipec_fixed, pipec_marginal),
-     (inproc_fixed, inproc_marginal)) = fits.values()
-    fixed = {"plain": plain_fixed, "plain_cached": same_fixed, "pipec": pipec_fixed,
-             "added": pipec_fixed - plain_fixed, "bookkeeping": pipec_fixed - same_fixed,
-             "pipec_in_process": inproc_fixed, "added_in_process": inproc_fixed - plain_fixed}
-    marginal = {"plain": plain_marginal, "plain_cached": same_marginal, "pipec": pipec_marginal,
-                "added": pipec_marginal - plain_marginal, "bookkeeping": pipec_marginal - same_marginal,
-                "pipec_in_process": inproc_marginal, "added_in_process": inproc_marginal - plain_marginal}
+
+    def with_differences(cost: dict[str, float]) -> dict[str, float]:
+        return {**cost, "added": cost["pipec"] - cost["plain"], "bookkeeping": cost["pipec"] - cost["plain_cached"],
+                "added_in_process": cost["pipec_in_process"] - cost["plain"]}
+
+    fixed = with_differences({c: f for c, (f, _) in fits.items()})
+    marginal = with_differences({c: m for c, (_, m) in fits.items()})
     met = {
         "added_marginal_ms": marginal["added"] <= TARGETS["added_marginal_ms"],
         "added_fixed_s": fixed["added"] <= TARGETS["added_fixed_s"],
@@ -275,12 +274,11 @@ def run(rounds: int = ROUNDS, sizes: dict[str, dict[str, int]] | None = None,
             "min_lm_calls_20ms"],
     }
     headers = ["", "fixed s per compile", "marginal ms per LM call"]
-    rows = [["plain DSPy (DSPy's JSON adapter)", plain_fixed, plain_marginal],
-            ["plain DSPy with pipec's adapter", same_fixed, same_marginal],
-            ["pipec", pipec_fixed, pipec_marginal],
-            ["pipec, its MLflow writes in the compile's own process", inproc_fixed, inproc_marginal],
-            ["pipec adds, against plain DSPy", fixed["added"], marginal["added"]],
-            ["pipec's bookkeeping, against DSPy with the same adapter", fixed["bookkeeping"], marginal["bookkeeping"]]]
+    rows = [[label, fixed[key], marginal[key]] for label, key in (
+        ("plain DSPy (DSPy's JSON adapter)", "plain"), ("plain DSPy with pipec's adapter", "plain_cached"),
+        ("pipec", "pipec"), ("pipec, its MLflow writes in the compile's own process", "pipec_in_process"),
+        ("pipec adds, against plain DSPy", "added"),
+        ("pipec's bookkeeping, against DSPy with the same adapter", "bookkeeping"))]
     runs_headers = ["LM latency", "LM calls", "plain DSPy s", "DSPy + pipec's adapter s", "pipec s",
                     "pipec, writes in process s", "ratio pipec/plain", "ratio pipec/same adapter",
                     *(["ratio, store in memory"] if memory_uri else [])]

@@ -48,44 +48,7 @@ _WHERE = {
     "translate_lm_error": "experiments.lm_errors",
 }
 
-__all__ = [
-    "CompileOptions",
-    "Dataset",
-    "EvalReport",
-    "EvaluateOptions",
-    "ExampleResult",
-    "LMConfig",
-    "LMUsage",
-    "LabelledJudgeDemos",
-    "PipecLM",
-    "QueueFilters",
-    "Recorder",
-    "ReviewInput",
-    "RunTracker",
-    "Store",
-    "StoreFilter",
-    "Trace",
-    "align_judge",
-    "cohen_kappa",
-    "compile_pipeline",
-    "evaluate_pipeline",
-    "evaluate_program",
-    "export_rows",
-    "judge_agreement",
-    "list_runs",
-    "lm_usage",
-    "load_dataset",
-    "make_lm",
-    "mark_killed_runs",
-    "program_version",
-    "queue",
-    "render_prompts",
-    "resume_options",
-    "run_traced",
-    "save_review",
-    "split_dataset",
-    "translate_lm_error",
-]
+__all__ = sorted(_WHERE)  # every name the package hands on, each loaded on first use
 
 
 def __getattr__(name: str) -> object:
